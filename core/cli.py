@@ -1,0 +1,219 @@
+"""python -m core ...: the same functions the pages call, for scripts and automation.
+
+Every command prints a short human summary, or JSON with --json. Bad input exits with status 2
+and one line saying what to fix; nothing here prints a traceback for a user mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from core.config import get_settings
+
+DEFAULT_COLLECTION = "default"
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
+
+
+def _database():
+    from core.db import open_database
+
+    return open_database(get_settings())
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_ingest(args) -> int:
+    from core.ingest import ingest_paths
+    from core.library import ensure_collection
+
+    db = _database()
+    ensure_collection(db, args.collection)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    for path in missing:
+        print(f"{path}: no such file or folder.", file=sys.stderr)
+    outcomes = ingest_paths(db, args.collection, [Path(p) for p in args.paths if Path(p).exists()], replace=args.replace)
+    if args.json:
+        _print_json([asdict(o) for o in outcomes])
+    else:
+        for outcome in outcomes:
+            mark = {"added": "+", "replaced": "~", "skipped": "=", "failed": "!"}[outcome.status]
+            print(f"{mark} {outcome.message}", file=sys.stderr if outcome.status == "failed" else sys.stdout)
+        added = sum(o.status in ("added", "replaced") for o in outcomes)
+        print(f"{added} of {len(outcomes)} files added to {args.collection!r}.")
+    return 1 if missing or any(o.status == "failed" for o in outcomes) else 0
+
+
+def cmd_search(args) -> int:
+    from core.store import search
+
+    hits = search(
+        _database(), args.query, collection=args.collection, k=args.k, mode=args.mode, document_ids=args.document
+    )
+    if args.json:
+        _print_json([asdict(h) for h in hits])
+        return 0
+    if not hits:
+        print("No passages found.")
+    for rank, hit in enumerate(hits, start=1):
+        where = f"p. {hit.page}" if hit.page else (hit.heading or f"chunk {hit.ordinal}")
+        print(f"[{rank}] {hit.filename} ({where})  score {hit.score:.4f}")
+        print("    " + " ".join(hit.text.split())[:300])
+    return 0
+
+
+def cmd_documents(args) -> int:
+    from core.library import delete_document, document_chunks, list_documents
+
+    db = _database()
+    if args.action == "list":
+        documents = list_documents(db, args.collection)
+        if args.json:
+            _print_json([asdict(d) for d in documents])
+        elif not documents:
+            print("No documents yet. Add some with: python -m core ingest PATH... --collection NAME")
+        else:
+            print(f"{'id':>5}  {'collection':<16} {'type':<8} {'pages':>5} {'chunks':>6} {'size':>9}  name")
+            for d in documents:
+                print(
+                    f"{d.id:>5}  {d.collection[:16]:<16} {d.file_type:<8} {d.pages or '':>5} {d.chunk_count:>6} "
+                    f"{_size(d.size_bytes):>9}  {d.filename}"
+                )
+    elif args.action == "delete":
+        for document_id in args.ids:
+            gone = delete_document(db, document_id)
+            print(f"Deleted {gone.filename!r} ({gone.chunk_count} chunks) from {gone.collection!r}.")
+    elif args.action == "chunks":
+        chunks = document_chunks(db, args.ids[0], limit=args.limit)
+        if args.json:
+            _print_json([asdict(c) for c in chunks])
+        for c in chunks if not args.json else []:
+            where = f"p. {c.page}" if c.page else (c.heading or "")
+            print(f"#{c.ordinal} {where} [{c.char_start}:{c.char_end}] {c.token_count} tokens")
+            print("    " + " ".join(c.text.split())[:300])
+    return 0
+
+
+def cmd_collections(args) -> int:
+    from core.library import create_collection, delete_collection, list_collections, reembed_collection
+
+    db = _database()
+    if args.action == "list":
+        collections = list_collections(db)
+        if args.json:
+            _print_json([asdict(c) for c in collections])
+        for c in collections if not args.json else []:
+            print(f"{c.name}: {c.document_count} documents, {c.chunk_count} chunks, {c.embedding_model} "
+                  f"({c.embedding_dim} dims), chunks of {c.chunk_tokens} tokens, overlap {c.chunk_overlap}")
+    elif args.action == "create":
+        c = create_collection(
+            db, args.name, embedding_model=args.embedding_model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap
+        )
+        print(f"Created {c.name!r} ({c.embedding_model}, {c.embedding_dim} dims).")
+    elif args.action == "delete":
+        if not args.yes:
+            print(f"This deletes {args.name!r} with all its documents. Add --yes to confirm.", file=sys.stderr)
+            return 2
+        print(f"Deleted {args.name!r} and its {delete_collection(db, args.name)} documents.")
+    elif args.action == "reembed":
+        if not args.embedding_model:
+            print("Name the new model with --embedding-model.", file=sys.stderr)
+            return 2
+        c = reembed_collection(db, args.name, args.embedding_model)
+        print(f"Re-embedded {c.name!r} with {c.embedding_model} ({c.embedding_dim} dims).")
+    return 0
+
+
+def cmd_db(args) -> int:
+    from core.db.migrate import current_revision
+    from core.library import library_stats
+
+    db = _database()  # opening it migrates to the latest revision
+    stats = library_stats(db)
+    print(f"{db.description}; schema revision {current_revision(db.engine)}; "
+          f"{stats.collections} collections, {stats.documents} documents, {stats.chunks} chunks.")
+    return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.store import SEARCH_MODES
+
+    parser = argparse.ArgumentParser(prog="python -m core", description="Expert Studio from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="add files or folders to a collection")
+    ingest.add_argument("paths", nargs="+", help="files, or folders to walk for supported types")
+    ingest.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="created if it does not exist")
+    ingest.add_argument("--replace", action="store_true", help="replace documents that have the same file name")
+    ingest.add_argument("--json", action="store_true")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    search = commands.add_parser("search", help="find the best passages for a query")
+    search.add_argument("query")
+    search.add_argument("--collection", "-c", default=DEFAULT_COLLECTION)
+    search.add_argument("-k", type=int, default=5, help="how many passages (default 5)")
+    search.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
+    search.add_argument("--document", type=int, action="append", help="only this document id (repeatable)")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(handler=cmd_search)
+
+    documents = commands.add_parser("documents", help="list, preview or delete documents")
+    documents.add_argument("action", choices=("list", "delete", "chunks"))
+    documents.add_argument("ids", nargs="*", type=int, help="document ids (delete, chunks)")
+    documents.add_argument("--collection", "-c", help="only this collection (list)")
+    documents.add_argument("--limit", type=int, default=20, help="chunks to show (chunks)")
+    documents.add_argument("--json", action="store_true")
+    documents.set_defaults(handler=cmd_documents)
+
+    collections = commands.add_parser("collections", help="list, create, delete or re-embed collections")
+    collections.add_argument("action", choices=("list", "create", "delete", "reembed"))
+    collections.add_argument("name", nargs="?")
+    collections.add_argument("--embedding-model", help="sentence-transformers id or folder")
+    collections.add_argument("--chunk-tokens", type=int)
+    collections.add_argument("--chunk-overlap", type=int)
+    collections.add_argument("--yes", action="store_true", help="confirm delete")
+    collections.add_argument("--json", action="store_true")
+    collections.set_defaults(handler=cmd_collections)
+
+    db = commands.add_parser("db", help="migrate the database and show where it is")
+    db.add_argument("action", choices=("upgrade", "info"))
+    db.set_defaults(handler=cmd_db)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from core.documents.errors import IngestError
+    from core.embeddings import EmbeddingModelError
+    from core.library import LibraryError
+    from core.store import QueryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("documents",) and args.action in ("delete", "chunks") and not args.ids:
+        parser.error(f"documents {args.action} needs at least one document id")
+    if args.command == "collections" and args.action != "list" and not args.name:
+        parser.error(f"collections {args.action} needs a collection name")
+    try:
+        return args.handler(args)
+    except (LibraryError, QueryError, IngestError, EmbeddingModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Turning uploaded files into text sections (parsing) and token-sized chunks (chunking)."""

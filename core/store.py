@@ -1,0 +1,212 @@
+"""Chunk writes (binary COPY) and search: vector (HNSW), keyword (Postgres full-text) and hybrid
+(reciprocal rank fusion of the two), each one readable SQL statement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+from sqlalchemy import Connection, text
+
+from core.config import Settings, get_settings
+from core.db import Database
+from core.documents.chunking import ChunkDraft
+from core.embeddings import load_embedder
+from core.library import LibraryError, get_collection
+
+SearchMode = Literal["vector", "keyword", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "vector", "keyword")
+
+_COPY_COLUMNS = (
+    "document_id, collection_id, ordinal, page, heading, text, char_start, char_end, token_count, embedding_dim, embedding"
+)
+_COPY_TYPES = ["int8", "int4", "int4", "int4", "text", "text", "int4", "int4", "int4", "int4", "vector"]
+
+
+def copy_chunks(
+    connection: Connection, document_id: int, collection_id: int, chunks: Sequence[ChunkDraft], vectors: np.ndarray
+) -> None:
+    """Bulk-load a document's chunks with binary COPY inside the caller's transaction."""
+    from pgvector import Vector
+
+    cursor = connection.connection.driver_connection.cursor()
+    dim = int(vectors.shape[1])
+    with cursor.copy(f"COPY chunks ({_COPY_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+        copy.set_types(_COPY_TYPES)
+        for chunk, vector in zip(chunks, vectors):
+            copy.write_row(
+                (
+                    document_id,
+                    collection_id,
+                    chunk.ordinal,
+                    chunk.page,
+                    chunk.heading,
+                    chunk.text,
+                    chunk.char_start,
+                    chunk.char_end,
+                    chunk.token_count,
+                    dim,
+                    Vector(vector),
+                )
+            )
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    chunk_id: int
+    document_id: int
+    filename: str
+    page: int | None
+    heading: str | None
+    text: str
+    ordinal: int
+    char_start: int
+    char_end: int
+    score: float  # the ranking score of the chosen mode (higher is better)
+    vector_similarity: float | None  # cosine similarity, when the vector side found it
+    keyword_score: float | None  # ts_rank, when the keyword side found it
+    vector_rank: int | None
+    keyword_rank: int | None
+
+
+class QueryError(ValueError):
+    """A query that cannot be run as given; the message says how to fix it."""
+
+
+def _check_query(query: str, settings: Settings) -> str:
+    query = (query or "").replace("\x00", " ").strip()
+    if not query:
+        raise QueryError("Type a question or some words to search for.")
+    if len(query) > settings.max_query_chars:
+        raise QueryError(
+            f"The query is {len(query):,} characters long; the limit is {settings.max_query_chars:,}. "
+            "Shorten it to the words that matter."
+        )
+    return query
+
+
+# Candidates: the best `:pool` chunks of each side. The vector side orders by the same expression
+# as the partial HNSW index, with pgvector 0.8 iterative scans so that filters do not starve it;
+# relaxed order is re-sorted by the outer query.
+_VECTOR_CTE = """
+vector_hits AS MATERIALIZED (
+    SELECT c.id, (c.embedding::vector({dim})) <=> :query_vector AS distance
+    FROM chunks c
+    WHERE c.collection_id = :collection_id AND c.embedding_dim = {dim} {document_filter}
+    ORDER BY (c.embedding::vector({dim})) <=> :query_vector
+    LIMIT :pool
+),
+vector_ranked AS (
+    SELECT id, 1 - distance AS similarity, row_number() OVER (ORDER BY distance) AS rank FROM vector_hits
+)"""
+
+# Keyword side: any of the query's words (OR), ranked by ts_rank normalised by document length.
+# Natural-language questions rarely have every word in one passage, so AND would find nothing.
+_KEYWORD_CTE = """
+keyword_query AS (
+    SELECT replace(plainto_tsquery('english', :query_text)::text, ' & ', ' | ')::tsquery AS q
+),
+keyword_ranked AS (
+    SELECT c.id, ts_rank(c.tsv, keyword_query.q, 1) AS score,
+           row_number() OVER (ORDER BY ts_rank(c.tsv, keyword_query.q, 1) DESC, c.id) AS rank
+    FROM chunks c, keyword_query
+    WHERE c.collection_id = :collection_id AND c.tsv @@ keyword_query.q {document_filter}
+    ORDER BY score DESC, c.id
+    LIMIT :pool
+)"""
+
+_SELECT = """
+SELECT c.id, c.document_id, d.filename, c.page, c.heading, c.text, c.ordinal, c.char_start, c.char_end,
+       {score} AS score, {similarity} AS similarity, {keyword} AS keyword_score,
+       {vector_rank} AS vector_rank, {keyword_rank} AS keyword_rank
+FROM {source}
+JOIN chunks c ON c.id = {id_expr}
+JOIN documents d ON d.id = c.document_id
+ORDER BY score DESC, c.id
+LIMIT :k"""
+
+
+def _search_sql(mode: SearchMode, dim: int, filtered: bool) -> str:
+    document_filter = "AND c.document_id = ANY(:document_ids)" if filtered else ""
+    vector_cte = _VECTOR_CTE.format(dim=int(dim), document_filter=document_filter)
+    keyword_cte = _KEYWORD_CTE.format(document_filter=document_filter)
+    if mode == "vector":
+        return "WITH " + vector_cte + _SELECT.format(
+            score="v.similarity", similarity="v.similarity", keyword="NULL::real", vector_rank="v.rank",
+            keyword_rank="NULL::bigint", source="vector_ranked v", id_expr="v.id",
+        )
+    if mode == "keyword":
+        return "WITH " + keyword_cte + _SELECT.format(
+            score="k.score", similarity="NULL::float8", keyword="k.score", vector_rank="NULL::bigint",
+            keyword_rank="k.rank", source="keyword_ranked k", id_expr="k.id",
+        )
+    # Reciprocal rank fusion: each side contributes 1 / (rrf_k + rank) for the chunks it found.
+    return "WITH " + vector_cte + "," + keyword_cte + _SELECT.format(
+        score="coalesce(1.0 / (:rrf_k + v.rank), 0.0) + coalesce(1.0 / (:rrf_k + k.rank), 0.0)",
+        similarity="v.similarity", keyword="k.score", vector_rank="v.rank", keyword_rank="k.rank",
+        source="vector_ranked v FULL OUTER JOIN keyword_ranked k ON k.id = v.id", id_expr="coalesce(v.id, k.id)",
+    )
+
+
+def search(
+    db: Database,
+    query: str,
+    *,
+    collection: str,
+    k: int = 5,
+    mode: SearchMode = "hybrid",
+    document_ids: Sequence[int] | None = None,
+    settings: Settings | None = None,
+) -> list[SearchHit]:
+    """The `k` best chunks of `collection` for `query`, best first, with their document, page,
+    offsets and scores. `document_ids` narrows the search to those documents."""
+    settings = settings or get_settings()
+    if mode not in SEARCH_MODES:
+        raise QueryError(f"Unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}.")
+    if not 1 <= k <= 1000:
+        raise QueryError(f"k must be between 1 and 1000 (got {k}).")
+    query = _check_query(query, settings)
+    info = get_collection(db, collection)
+    params: dict = {
+        "collection_id": info.id,
+        "k": k,
+        "pool": max(k, settings.search_candidates),
+        "rrf_k": settings.rrf_k,
+        "query_text": query,
+        "document_ids": list(document_ids or []),
+    }
+    if mode != "keyword":
+        embedder = load_embedder(info.embedding_model)
+        if embedder.dim != info.embedding_dim:
+            raise LibraryError(
+                f"Collection {collection!r} was embedded with {info.embedding_dim} dimensions but "
+                f"{info.embedding_model} now gives {embedder.dim}; re-embed the collection."
+            )
+        params["query_vector"] = embedder.embed([query])[0]
+    sql = _search_sql(mode, info.embedding_dim, filtered=document_ids is not None)
+    with db.engine.begin() as connection:
+        connection.execute(
+            text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', :ef, true)"),
+            {"ef": str(max(settings.hnsw_ef_search, k))},
+        )
+        rows = connection.execute(text(sql), params).all()
+    return [
+        SearchHit(
+            chunk_id=row.id,
+            document_id=row.document_id,
+            filename=row.filename,
+            page=row.page,
+            heading=row.heading,
+            text=row.text,
+            ordinal=row.ordinal,
+            char_start=row.char_start,
+            char_end=row.char_end,
+            score=float(row.score),
+            vector_similarity=None if row.similarity is None else float(row.similarity),
+            keyword_score=None if row.keyword_score is None else float(row.keyword_score),
+            vector_rank=row.vector_rank,
+            keyword_rank=row.keyword_rank,
+        )
+        for row in rows
+    ]
