@@ -6,9 +6,9 @@ Every function takes the `Database` first, so the pages, the CLI and the tests c
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 import numpy as np
 from sqlalchemy import delete, func, select, text

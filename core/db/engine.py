@@ -15,7 +15,7 @@ from core.db.embedded import embedded_database_url
 from core.db.migrate import upgrade_to_head
 
 _lock = threading.Lock()
-_databases: dict[str, "Database"] = {}
+_databases: dict[str, Database] = {}
 
 
 @dataclass(frozen=True)

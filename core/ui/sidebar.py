@@ -1,0 +1,22 @@
+"""The sidebar every page shares: which database, which models, how many documents."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.config import get_settings
+from core.db import Database
+from core.library import library_stats
+
+
+def render_sidebar(db: Database) -> None:
+    stats = library_stats(db)
+    settings = get_settings()
+    with st.sidebar:
+        st.caption("Library")
+        st.markdown(f"**{stats.documents}** documents · **{stats.chunks}** chunks · **{stats.collections}** collections")
+        st.caption("Database")
+        kind = "Embedded Postgres" if db.embedded else "External Postgres"
+        st.markdown(f"{kind}  \n`{db.description.split(' in ', 1)[-1] if db.embedded else db.description}`")
+        st.caption("Embedding model (new collections)")
+        st.markdown(f"`{settings.embedding_model}`")

@@ -1,0 +1,102 @@
+"""Documents: upload files into a collection, browse and delete them, and search their passages."""
+
+import streamlit as st
+
+from core.documents.parsing import SUPPORTED_TYPES
+from core.embeddings import EmbeddingModelError
+from core.ingest import ingest_bytes
+from core.library import LibraryError, delete_collection, delete_document, document_chunks, list_documents, reembed_collection
+from core.store import SEARCH_MODES, QueryError, search
+from core.ui.format import documents_table, hit_location, hit_scores
+from core.ui.resources import database
+from core.ui.widgets import collection_picker
+
+STAGES = {"parse": "reading", "chunk": "splitting", "embed": "embedding", "store": "saving", "done": "done"}
+STATUS_STYLE = {"added": st.success, "replaced": st.success, "skipped": st.info, "failed": st.error}
+
+db = database()
+st.title("Documents")
+collection = collection_picker(db)
+upload_tab, library_tab, search_tab = st.tabs(["Upload", f"Library ({collection.document_count})", "Search"])
+
+with upload_tab:
+    with st.form("upload", clear_on_submit=True):
+        files = st.file_uploader(
+            "Add documents", type=sorted({ext.lstrip(".") for ext in SUPPORTED_TYPES}), accept_multiple_files=True
+        )
+        replace = st.checkbox("Replace documents with the same name", help="Otherwise a new version is skipped.")
+        submitted = st.form_submit_button("Add to collection", type="primary", key="add_documents")
+    if submitted and not files:
+        st.warning("Choose one or more files first.")
+    for file in files if submitted else []:
+        bar = st.progress(0.0, text=f"{file.name}: waiting")
+        outcome = ingest_bytes(
+            db, collection.name, file.name, file.getvalue(), replace=replace,
+            progress=lambda stage, fraction, bar=bar, name=file.name: bar.progress(fraction, text=f"{name}: {STAGES[stage]}"),
+        )
+        bar.empty()
+        STATUS_STYLE[outcome.status](outcome.message)
+
+with library_tab:
+    documents = list_documents(db, collection.name)
+    if not documents:
+        st.info("No documents in this collection yet: add some in the Upload tab.")
+    else:
+        st.dataframe(documents_table(documents), hide_index=True, width="stretch")
+        chosen = st.selectbox(
+            "Document", documents, format_func=lambda d: f"{d.filename} · {d.chunk_count} chunks", key="chosen_document"
+        )
+        with st.expander(f"Chunks of {chosen.filename}"):
+            for chunk in document_chunks(db, chosen.id, limit=100):
+                where = f"page {chunk.page}" if chunk.page else (chunk.heading or "")
+                st.caption(f"#{chunk.ordinal + 1} · {where} · {chunk.token_count} tokens · chars {chunk.char_start}–{chunk.char_end}")
+                st.text(chunk.text)
+            if chosen.chunk_count > 100:
+                st.caption(f"First 100 of {chosen.chunk_count} chunks.")
+        with st.popover("Delete document", icon=":material/delete:"):
+            st.write(f"Delete **{chosen.filename}** and its {chosen.chunk_count} chunks?")
+            if st.button("Delete", type="primary", key="confirm_delete_document"):
+                delete_document(db, chosen.id)
+                st.toast(f"Deleted {chosen.filename}")
+                st.rerun()
+
+    with st.expander("Collection settings"):
+        st.markdown(
+            f"Embedding model `{collection.embedding_model}` ({collection.embedding_dim} dimensions) · "
+            f"chunks of {collection.chunk_tokens} tokens, overlap {collection.chunk_overlap}"
+        )
+        new_model = st.text_input("Re-embed with another model", placeholder="sentence-transformers id or folder")
+        if st.button("Re-embed collection", disabled=not new_model):
+            bar = st.progress(0.0, text="Re-embedding…")
+            try:
+                reembed_collection(db, collection.name, new_model, progress=lambda f: bar.progress(f, text="Re-embedding…"))
+            except (LibraryError, EmbeddingModelError) as error:
+                st.error(str(error))
+            else:
+                st.rerun()
+        with st.popover("Delete collection", icon=":material/delete_forever:"):
+            st.write(f"Delete **{collection.name}** with all {collection.document_count} documents?")
+            if st.button("Delete collection", type="primary", key="confirm_delete_collection"):
+                delete_collection(db, collection.name)
+                st.rerun()
+
+with search_tab:
+    with st.form("search"):
+        query = st.text_input("Search the collection", placeholder="Ask in your own words")
+        left, right = st.columns(2)
+        mode = left.radio("Mode", SEARCH_MODES, horizontal=True, help="Hybrid fuses vector and keyword rankings.")
+        k = right.slider("Passages", 1, 20, 5)
+        searched = st.form_submit_button("Search", type="primary", key="run_search")
+    if searched:
+        try:
+            hits = search(db, query, collection=collection.name, k=k, mode=mode)
+        except (QueryError, LibraryError, EmbeddingModelError) as error:
+            st.error(str(error))
+        else:
+            if not hits:
+                st.info("No passages found. Try other words, or the vector mode for meaning rather than exact words.")
+            for rank, hit in enumerate(hits, start=1):
+                with st.container(border=True):
+                    st.markdown(f"**[{rank}] {hit.filename}** · {hit_location(hit)}")
+                    st.caption(hit_scores(hit))
+                    st.text(hit.text)

@@ -1,0 +1,27 @@
+"""Home: what to do first on a new install, and an overview once documents exist."""
+
+import streamlit as st
+
+from core.library import list_collections
+from core.ui.resources import database
+
+st.title("Expert Studio")
+st.write("Make a small language model an expert in your field, from your own documents.")
+
+collections = list_collections(database())
+if not any(c.document_count for c in collections):
+    st.subheader("Start here")
+    st.markdown(
+        "1. **Upload your documents** (PDF, Word, Markdown, HTML, text or CSV) on the Documents page.\n"
+        "2. **Search them** on the same page to check that the right passages come back.\n"
+        "3. Everything stays on this machine: the database and the models run locally."
+    )
+    st.page_link("pages/documents.py", label="Go to Documents", icon=":material/upload_file:")
+else:
+    st.subheader("Your collections")
+    st.dataframe(
+        [{"collection": c.name, "documents": c.document_count, "chunks": c.chunk_count, "embedding model": c.embedding_model}
+         for c in collections],
+        hide_index=True,
+    )
+    st.page_link("pages/documents.py", label="Documents and search", icon=":material/description:")

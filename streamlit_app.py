@@ -1,0 +1,23 @@
+"""Expert Studio: navigation and the shared sidebar; every page lives in pages/."""
+
+import streamlit as st
+
+from core.ui.resources import database
+from core.ui.sidebar import render_sidebar
+
+st.set_page_config(page_title="Expert Studio", page_icon="🎓", layout="wide")
+
+navigation = st.navigation(
+    [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+        st.Page("pages/documents.py", title="Documents", icon=":material/description:"),
+    ]
+)
+try:
+    db = database()
+except Exception as error:  # the page must explain, not show a traceback
+    st.error(f"The database could not be opened: {error}")
+    st.info("Check DATABASE_URL (unset it to use the embedded database) and restart the app.")
+    st.stop()
+render_sidebar(db)
+navigation.run()
