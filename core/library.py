@@ -275,7 +275,7 @@ def reembed_collection(
             vectors = embedder.embed([f"{h}\n{t}" if h else t for _, h, t in batch], batch_size=batch_size)
             connection.execute(
                 text("UPDATE chunks SET embedding = :e, embedding_dim = :d WHERE id = :id"),
-                [{"e": np.asarray(v), "d": embedder.dim, "id": row[0]} for row, v in zip(batch, vectors)],
+                [{"e": np.asarray(v), "d": embedder.dim, "id": row[0]} for row, v in zip(batch, vectors, strict=True)],
             )
             if progress:
                 progress(min(1.0, (start + len(batch)) / max(len(rows), 1)))

@@ -35,7 +35,7 @@ def copy_chunks(
     dim = int(vectors.shape[1])
     with cursor.copy(f"COPY chunks ({_COPY_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy:
         copy.set_types(_COPY_TYPES)
-        for chunk, vector in zip(chunks, vectors):
+        for chunk, vector in zip(chunks, vectors, strict=True):
             copy.write_row(
                 (
                     document_id,

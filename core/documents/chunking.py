@@ -59,5 +59,5 @@ def chunk_document(parsed: ParsedDocument, tokenizer, chunk_tokens: int, chunk_o
             char_end=start + len(text),
             token_count=count,
         )
-        for ordinal, ((start, text, page, heading), count) in enumerate(zip(pieces, counts))
+        for ordinal, ((start, text, page, heading), count) in enumerate(zip(pieces, counts, strict=True))
     ]

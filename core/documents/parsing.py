@@ -238,7 +238,7 @@ def parse_pdf(filename: str, data: bytes) -> ParsedDocument:
     except (PdfReadError, ValueError, TypeError, KeyError, OSError, IndexError, AttributeError) as error:
         message = str(error)
         if "password" in message.lower() or "decrypt" in message.lower() or "crypt" in type(error).__name__.lower():
-            raise IngestError(filename, "is encrypted and cannot be read.", "Remove the password and upload it again.")
+            raise IngestError(filename, "is encrypted and cannot be read.", "Remove the password and upload it again.") from error
         raise IngestError(
             filename,
             f"is not a readable PDF ({type(error).__name__}: {message[:200]}).",
