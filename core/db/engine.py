@@ -69,3 +69,11 @@ def open_database(settings: Settings | None = None) -> Database:
             database = Database(url=url, embedded=embedded)
             _databases[url] = database
     return database
+
+
+def forget_database(url: str) -> None:
+    """Close a database's connections and drop it from the cache (tests drop their databases)."""
+    with _lock:
+        database = _databases.pop(_normalize(url), None)
+    if database is not None:
+        database.engine.dispose()

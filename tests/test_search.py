@@ -1,0 +1,98 @@
+"""Vector, keyword and hybrid search on the real server, with filters and hostile queries."""
+
+import pytest
+import samples
+from sqlalchemy import text
+
+from core.ingest import ingest_bytes
+from core.library import LibraryError
+from core.store import SEARCH_MODES, QueryError, search
+
+
+@pytest.fixture(scope="module")
+def library(db):
+    """One collection with four documents of different formats, and one unrelated collection."""
+    from core.library import create_collection
+
+    create_collection(db, "plant")
+    ids = {}
+    for name, data in [
+        ("pumps.md", samples.MARKDOWN),
+        ("valves.html", samples.HTML),
+        ("memo.txt", samples.TEXT.encode()),
+        ("manual.pdf", samples.pdf(["Introduction to the plant.", "The cooling tower fan runs at 900 rpm."])),
+    ]:
+        ids[name] = ingest_bytes(db, "plant", name, data).document_id
+    create_collection(db, "kitchen")
+    ingest_bytes(db, "kitchen", "recipes.txt", b"Replace the seal of the pressure cooker when it leaks steam.")
+    return ids
+
+
+@pytest.mark.parametrize("mode", SEARCH_MODES)
+def test_every_mode_finds_the_passage(db, library, mode):
+    hits = search(db, "how often should the mechanical seal be replaced", collection="plant", k=3, mode=mode)
+    assert hits[0].filename == "pumps.md"
+    assert "Replace the mechanical seal" in hits[0].text
+    assert hits[0].heading == "Centrifugal pumps > Maintenance"
+    assert hits == sorted(hits, key=lambda h: -h.score)
+
+
+def test_hits_carry_page_offsets_and_the_scores_of_each_side(db, library):
+    (hit,) = search(db, "cooling tower fan speed rpm", collection="plant", k=1, mode="hybrid")
+    assert (hit.filename, hit.page) == ("manual.pdf", 2)
+    assert hit.char_end - hit.char_start == len(hit.text)
+    assert hit.vector_rank == 1 and hit.keyword_rank == 1
+    assert hit.vector_similarity > 0.3 and hit.keyword_score > 0
+    assert hit.score == pytest.approx(2 / (60 + 1))
+
+
+def test_keyword_mode_matches_any_word_not_all(db, library):
+    hits = search(db, "gate valve zebra unicorn", collection="plant", mode="keyword")
+    assert hits and hits[0].filename == "valves.html"
+    assert all(h.vector_similarity is None for h in hits)
+
+
+def test_keyword_mode_finds_nothing_for_unknown_words(db, library):
+    assert search(db, "xylophone zeppelin", collection="plant", mode="keyword") == []
+
+
+def test_collections_are_searched_separately(db, library):
+    hits = search(db, "replace the seal", collection="plant", k=20, mode="hybrid")
+    assert "recipes.txt" not in {h.filename for h in hits}
+    (kitchen,) = search(db, "replace the seal", collection="kitchen", k=5)
+    assert kitchen.filename == "recipes.txt"
+
+
+@pytest.mark.parametrize("mode", SEARCH_MODES)
+def test_document_filter(db, library, mode):
+    hits = search(db, "seal", collection="plant", k=10, mode=mode, document_ids=[library["memo.txt"]])
+    assert {h.filename for h in hits} <= {"memo.txt"}
+    assert mode == "keyword" or hits  # the vector side always returns the nearest chunks of that document
+
+
+def test_sql_in_the_query_is_just_text(db, library):
+    for query in ["'; DROP TABLE chunks; --", "seal' OR 1=1 --", "\\x00 & | ! <-> :* ()", "SELECT * FROM documents"]:
+        for mode in SEARCH_MODES:
+            search(db, query, collection="plant", mode=mode)
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM chunks")).scalar() > 0
+
+
+def test_a_10000_character_query_is_refused_with_advice(db, library):
+    with pytest.raises(QueryError, match="10,000 characters long; the limit is 2,000"):
+        search(db, "pumps" * 2000, collection="plant")
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\x00"])
+def test_empty_query_is_refused(db, library, query):
+    with pytest.raises(QueryError, match="Type a question"):
+        search(db, query, collection="plant")
+
+
+def test_unknown_collection_and_bad_arguments(db, library):
+    with pytest.raises(LibraryError, match="No collection named 'nope'. Existing collections: kitchen, plant"):
+        search(db, "seal", collection="nope")
+    with pytest.raises(QueryError, match="Unknown search mode"):
+        search(db, "seal", collection="plant", mode="fuzzy")
+    with pytest.raises(QueryError, match="k must be"):
+        search(db, "seal", collection="plant", k=0)
