@@ -17,7 +17,12 @@ STATUS_STYLE = {"added": st.success, "replaced": st.success, "skipped": st.info,
 db = database()
 st.title("Documents")
 collection = collection_picker(db)
-upload_tab, library_tab, search_tab = st.tabs(["Upload", f"Library ({collection.document_count})", "Search"])
+tab_labels = ["Upload", f"Library ({collection.document_count})", "Search"]
+# The Library label carries a count, and a tab whose labels change would reopen on Upload: keep the open one.
+open_tab = str(st.session_state.get("documents_tab", "")).split(" (")[0]
+upload_tab, library_tab, search_tab = st.tabs(
+    tab_labels, key="documents_tab", on_change="rerun", default=next((t for t in tab_labels if t.split(" (")[0] == open_tab), None)
+)
 
 with upload_tab:
     with st.form("upload", clear_on_submit=True):
@@ -26,16 +31,23 @@ with upload_tab:
         )
         replace = st.checkbox("Replace documents with the same name", help="Otherwise a new version is skipped.")
         submitted = st.form_submit_button("Add to collection", type="primary", key="add_documents")
+    for status, message in st.session_state.pop("upload_outcomes", []):
+        STATUS_STYLE[status](message)
     if submitted and not files:
         st.warning("Choose one or more files first.")
-    for file in files if submitted else []:
-        bar = st.progress(0.0, text=f"{file.name}: waiting")
-        outcome = ingest_bytes(
-            db, collection.name, file.name, file.getvalue(), replace=replace,
-            progress=lambda stage, fraction, bar=bar, name=file.name: bar.progress(fraction, text=f"{name}: {STAGES[stage]}"),
-        )
-        bar.empty()
-        STATUS_STYLE[outcome.status](outcome.message)
+    if submitted and files:
+        outcomes = []
+        for file in files:
+            bar = st.progress(0.0, text=f"{file.name}: waiting")
+            outcome = ingest_bytes(
+                db, collection.name, file.name, file.getvalue(), replace=replace,
+                progress=lambda stage, fraction, bar=bar, name=file.name: bar.progress(fraction, text=f"{name}: {STAGES[stage]}"),
+            )
+            bar.empty()
+            outcomes.append((outcome.status, outcome.message))
+        # Rerun so the Library count, the table and the sidebar include the new documents; the messages follow.
+        st.session_state["upload_outcomes"] = outcomes
+        st.rerun()
 
 with library_tab:
     documents = list_documents(db, collection.name)
@@ -82,7 +94,7 @@ with library_tab:
 
 with search_tab:
     with st.form("search"):
-        query = st.text_input("Search the collection", placeholder="Ask in your own words")
+        query = st.text_input("Search the collection", placeholder="Ask in your own words", key="search_query")
         left, right = st.columns(2)
         mode = left.radio("Mode", SEARCH_MODES, horizontal=True, help="Hybrid fuses vector and keyword rankings.")
         k = right.slider("Passages", 1, 20, 5)

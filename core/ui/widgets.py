@@ -8,12 +8,17 @@ from core.db import Database
 from core.library import CollectionInfo, LibraryError, create_collection, ensure_collection, list_collections
 
 SELECTED_COLLECTION = "selected_collection"
+# A widget's key cannot be written once the widget exists in a run: a new collection is selected
+# through this key on the next run instead.
+_PENDING_SELECTION = "pending_collection_selection"
 
 
 def collection_picker(db: Database) -> CollectionInfo:
     """Pick the collection to work in (a "default" one exists from the first visit), or make one."""
     collections = list_collections(db) or [ensure_collection(db, "default")]
     names = [c.name for c in collections]
+    if st.session_state.get(_PENDING_SELECTION) in names:
+        st.session_state[SELECTED_COLLECTION] = st.session_state.pop(_PENDING_SELECTION)
     if st.session_state.get(SELECTED_COLLECTION) not in names:
         st.session_state[SELECTED_COLLECTION] = names[0]
     left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -25,7 +30,7 @@ def collection_picker(db: Database) -> CollectionInfo:
 
 def new_collection_form(db: Database) -> None:
     with st.form("new_collection", clear_on_submit=True, border=False):
-        name = st.text_input("Name", placeholder="e.g. Pump manuals")
+        name = st.text_input("Name", placeholder="e.g. Pump manuals", key="new_collection_name")
         model = st.text_input(
             "Embedding model", placeholder="default: bundled all-MiniLM-L6-v2",
             help="A sentence-transformers id in the local cache, or a folder. Fixed once the collection has documents.",
@@ -40,5 +45,5 @@ def new_collection_form(db: Database) -> None:
             except LibraryError as error:
                 st.error(str(error))
             else:
-                st.session_state[SELECTED_COLLECTION] = created.name
+                st.session_state[_PENDING_SELECTION] = created.name
                 st.rerun()

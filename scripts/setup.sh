@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs, idempotent: a virtual environment in .venv with the pinned
+# requirements, a pgvector that runs on this CPU, and (with --test) Debian's chromium for the
+# browser tests. Used by both README commands and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=false
+[ "${1:-}" = "--test" ] && with_tests=true
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+requirements=requirements.txt
+$with_tests && requirements=requirements-test.txt
+# A stamp skips pip when nothing changed since the last successful install.
+stamp=".venv/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  touch "$stamp"
+fi
+
+PYTHON=.venv/bin/python bash scripts/ensure-pgvector.sh
+
+if $with_tests && [ ! -x /usr/bin/chromium ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi

@@ -1,0 +1,69 @@
+"""python -m core ... calls the same functions as the pages; errors exit 2 with one clear line."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import samples
+
+from core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ingest_search_list_delete(settings, tmp_path, capsys):
+    (tmp_path / "pumps.md").write_bytes(samples.MARKDOWN)
+    (tmp_path / "memo.txt").write_text(samples.TEXT)
+    (tmp_path / "empty.txt").write_bytes(b"")
+
+    assert main(["ingest", str(tmp_path), "--collection", "cli-test"]) == 1  # one file failed, the others went in
+    out, err = capsys.readouterr()
+    assert "+ pumps.md: added" in out and "+ memo.txt: added" in out
+    assert "! empty.txt: is empty" in err
+    assert "2 of 3 files added to 'cli-test'" in out
+
+    assert main(["search", "relief valve pressure", "--collection", "cli-test", "-k", "1", "--json"]) == 0
+    (hit,) = json.loads(capsys.readouterr().out)
+    assert hit["filename"] == "memo.txt" and "3.5 bar" in hit["text"]
+
+    assert main(["search", "mechanical seal hours", "-c", "cli-test", "--mode", "keyword"]) == 0
+    assert "[1] pumps.md (Centrifugal pumps > Maintenance)" in capsys.readouterr().out
+
+    assert main(["documents", "list", "--collection", "cli-test", "--json"]) == 0
+    documents = json.loads(capsys.readouterr().out)
+    assert sorted(d["filename"] for d in documents) == ["memo.txt", "pumps.md"]
+
+    memo = next(d for d in documents if d["filename"] == "memo.txt")
+    assert main(["documents", "delete", str(memo["id"])]) == 0
+    assert "Deleted 'memo.txt'" in capsys.readouterr().out
+    assert main(["documents", "list", "-c", "cli-test"]) == 0
+    assert "memo.txt" not in capsys.readouterr().out
+
+
+def test_user_mistakes_exit_2_with_a_message(settings, capsys):
+    assert main(["search", "seal", "--collection", "does-not-exist"]) == 2
+    assert "error: No collection named 'does-not-exist'" in capsys.readouterr().err
+    assert main(["search", "x" * 10_000, "--collection", "default-or-not"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main(["documents", "delete", "999999"]) == 2
+    assert "No document with id 999999" in capsys.readouterr().err
+    assert main(["collections", "delete", "whatever"]) == 2
+    assert "--yes" in capsys.readouterr().err
+
+
+def test_collections_commands(settings, capsys):
+    assert main(["collections", "create", "small-chunks", "--chunk-tokens", "64", "--chunk-overlap", "8"]) == 0
+    assert "Created 'small-chunks'" in capsys.readouterr().out
+    assert main(["collections", "list", "--json"]) == 0
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["small-chunks"]["chunk_tokens"] == 64
+    assert main(["collections", "delete", "small-chunks", "--yes"]) == 0
+
+
+def test_module_entry_point_runs(settings):
+    result = subprocess.run(
+        [sys.executable, "-m", "core", "db", "info"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "schema revision 0001" in result.stdout
