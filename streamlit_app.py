@@ -11,6 +11,7 @@ navigation = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("pages/documents.py", title="Documents", icon=":material/description:"),
+        st.Page("pages/ask.py", title="Ask", icon=":material/forum:"),
     ]
 )
 try:

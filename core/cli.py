@@ -143,6 +143,53 @@ def cmd_db(args) -> int:
     return 0
 
 
+def cmd_ask(args) -> int:
+    from core.rag import ask
+
+    answer = ask(
+        _database() if not args.no_rag else None, args.question, collection=args.collection, use_rag=not args.no_rag,
+        adapter=args.adapter, model_id=args.model, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        top_p=args.top_p,
+    )
+    if args.json:
+        answer.complete()
+        _print_json(answer.to_dict())
+        return 0
+    for piece in answer.stream():
+        print(piece, end="", flush=True)
+    print()
+    if answer.sources:
+        print()
+        cited = set(answer.cited)
+        for source in answer.sources:
+            mark = "*" if source.number in cited else " "
+            print(f"{mark}[{source.number}] {source.filename} ({source.location})  score {source.score:.4f}")
+    t = answer.timings
+    first = f"{t.time_to_first_token:.2f}s" if t.time_to_first_token is not None else "-"
+    print(f"\n{answer.model} · adapter {answer.adapter} · first token {first} · {t.tokens_per_second:.1f} tokens/s · "
+          f"{t.context_tokens} context tokens · {t.total_seconds:.2f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from core.models.registry import PRESETS, list_adapters, model_is_available, prepare_bundled_model
+
+    if args.action == "prepare":
+        print(f"Bundled model ready in {prepare_bundled_model()}")
+        return 0
+    rows = [{"model": p.model_id, "label": p.label, "available": model_is_available(p.model_id), "note": p.note} for p in PRESETS]
+    adapters = [{"adapter": a.name, "base_model": a.base_model, "path": str(a.path)} for a in list_adapters()]
+    if args.json:
+        _print_json({"models": rows, "adapters": adapters})
+        return 0
+    for row in rows:
+        print(f"{'✓' if row['available'] else '·'} {row['model']:<40} {row['note']}")
+    for adapter in adapters:
+        print(f"  adapter {adapter['adapter']} (base {adapter['base_model']})")
+    print("✓ = loads offline here. Any Hugging Face id in the local cache or a model folder works too (--model).")
+    return 0
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -194,6 +241,23 @@ def build_parser() -> argparse.ArgumentParser:
     collections.add_argument("--json", action="store_true")
     collections.set_defaults(handler=cmd_collections)
 
+    ask = commands.add_parser("ask", help="answer a question from a collection, streamed, with citations")
+    ask.add_argument("question")
+    ask.add_argument("--collection", "-c", default=DEFAULT_COLLECTION)
+    ask.add_argument("--no-rag", action="store_true", help="the model alone, without retrieved passages")
+    ask.add_argument("--adapter", help="a fine-tuned LoRA adapter by name (python -m core models list)")
+    ask.add_argument("--model", help="model id or folder (default: the configured language model)")
+    ask.add_argument("--max-new-tokens", type=int)
+    ask.add_argument("--temperature", type=float)
+    ask.add_argument("--top-p", type=float)
+    ask.add_argument("--json", action="store_true", help="print answer, sources and timings as JSON at the end")
+    ask.set_defaults(handler=cmd_ask)
+
+    models = commands.add_parser("models", help="list the language models and adapters, or prepare the bundled one")
+    models.add_argument("action", choices=("list", "prepare"))
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=cmd_models)
+
     db = commands.add_parser("db", help="migrate the database and show where it is")
     db.add_argument("action", choices=("upgrade", "info"))
     db.set_defaults(handler=cmd_db)
@@ -204,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     from core.documents.errors import IngestError
     from core.embeddings import EmbeddingModelError
     from core.library import LibraryError
+    from core.models import AdapterError, ModelNotAvailable
+    from core.rag import QuestionError
     from core.store import QueryError
 
     parser = build_parser()
@@ -214,6 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"collections {args.action} needs a collection name")
     try:
         return args.handler(args)
-    except (LibraryError, QueryError, IngestError, EmbeddingModelError) as error:
+    except (LibraryError, QueryError, IngestError, EmbeddingModelError, QuestionError, ModelNotAvailable, AdapterError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,6 +26,22 @@ class Settings(BaseSettings):
         default=Path("data"),
         description="Where the embedded database, saved models and job folders live.",
     )
+    models_dir: Path | None = Field(
+        default=None, description="Where converted and fine-tuned models live (default: data_dir/models)."
+    )
+    language_model: str = Field(
+        default="HuggingFaceTB/SmolLM2-135M-Instruct",
+        description="Language model for answers: the bundled SmolLM2, a Hugging Face id in the local cache, or a folder.",
+    )
+    load_in_4bit: bool = Field(default=False, description="Load the language model in 4-bit (bitsandbytes NF4).")
+    max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Longest answer, in tokens.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 answers greedily (repeatable).")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling when temperature > 0.")
+    rag_top_k: int = Field(default=5, ge=1, le=50, description="Passages retrieved for an answer.")
+    rag_min_similarity: float = Field(
+        default=0.25, ge=-1.0, le=1.0,
+        description="Passages whose cosine similarity to the question is below this are not relevant.",
+    )
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
         description="Embedding model for new collections: a sentence-transformers id or a local folder.",

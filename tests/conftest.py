@@ -29,8 +29,14 @@ def postgres_server_url() -> str:
     return embedded_database_url(folder / "postgres")
 
 
+@pytest.fixture(scope="session")
+def shared_models_dir(tmp_path_factory) -> Path:
+    """Converted and tiny models, shared by all modules (converting the bundled GGUF takes a while)."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture(scope="module")
-def settings(postgres_server_url, tmp_path_factory):
+def settings(postgres_server_url, tmp_path_factory, shared_models_dir):
     """Settings pointing at a fresh database of this module, also seen by code that calls get_settings()."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
@@ -40,6 +46,7 @@ def settings(postgres_server_url, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DATABASE_URL", url)
         patch.setenv("EXPERT_STUDIO_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+        patch.setenv("EXPERT_STUDIO_MODELS_DIR", str(shared_models_dir))
         get_settings.cache_clear()
         yield get_settings()
         get_settings.cache_clear()
@@ -73,6 +80,22 @@ def counts(db):
             return connection.execute(text("SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM chunks)")).one()
 
     return read
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """Folder of a tiny random Llama chat model (ChatML template)."""
+    from tiny_models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3(tmp_path_factory) -> str:
+    """Folder of a tiny random Phi-3 chat model (Phi-3 template, <|end|> ends a turn)."""
+    from tiny_models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-phi3"), "phi3"))
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

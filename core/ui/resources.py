@@ -6,8 +6,14 @@ import streamlit as st
 
 from core.config import get_settings
 from core.db import Database, open_database
+from core.models import LoadedModel, load_model
 
 
 @st.cache_resource(show_spinner="Starting the database…")
 def database() -> Database:
     return open_database(get_settings())
+
+
+@st.cache_resource(show_spinner="Loading the language model (the first time converts the bundled model)…")
+def language_model(model_id: str, load_in_4bit: bool = False) -> LoadedModel:
+    return load_model(model_id, load_in_4bit=load_in_4bit)

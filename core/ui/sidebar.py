@@ -18,5 +18,5 @@ def render_sidebar(db: Database) -> None:
         st.caption("Database")
         kind = "Embedded Postgres" if db.embedded else "External Postgres"
         st.markdown(f"{kind}  \n`{db.description.split(' in ', 1)[-1] if db.embedded else db.description}`")
-        st.caption("Embedding model (new collections)")
-        st.markdown(f"`{settings.embedding_model}`")
+        st.caption("Models")
+        st.markdown(f"Language: `{settings.language_model}`  \nEmbeddings: `{settings.embedding_model}`")

@@ -1,0 +1,176 @@
+"""Load a causal LM once per process on the best device, and switch LoRA adapters on it.
+
+Device and precision are chosen for the user: CUDA in bf16 (fp16 where bf16 is missing), else the
+CPU in float32; 4-bit NF4 through bitsandbytes on request. bitsandbytes is imported only then.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import Settings, get_settings
+from core.models.registry import ModelNotAvailable, resolve_model_path
+
+NO_ADAPTER = "none"
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be used with the loaded model; the message says why."""
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    path: Path
+    model: object  # a transformers PreTrainedModel, or a peft PeftModel once an adapter is attached
+    tokenizer: object
+    device: str
+    dtype: str
+    quantized_4bit: bool
+    memory_bytes: int
+    context_window: int
+    adapters: dict[str, Path] = field(default_factory=dict)
+    # generate() and adapter switches share the weights: one at a time per model.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def description(self) -> str:
+        precision = "4-bit NF4" if self.quantized_4bit else self.dtype
+        return f"{self.model_id} on {self.device} ({precision}, {self.memory_bytes / 2**20:,.0f} MB)"
+
+
+def choose_device() -> tuple[str, str]:
+    """(device, dtype name) for this machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "cpu", "float32"
+
+
+def _load(model_id: str, load_in_4bit: bool, settings: Settings) -> LoadedModel:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(model_id, settings)
+    device, dtype_name = choose_device()
+    dtype = getattr(torch, dtype_name)
+    kwargs: dict = {"dtype": dtype}
+    if load_in_4bit:
+        kwargs["quantization_config"] = _four_bit_config(dtype)
+        kwargs["device_map"] = {"": device}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as error:  # loaders raise OSError, SafetensorError, KeyError...: all mean "cannot load"
+        raise ModelNotAvailable(
+            f"{model_id} could not be loaded from {path} ({type(error).__name__}: {str(error)[:300]}). "
+            "The folder may be incomplete or corrupt: copy it again, or choose another model."
+        ) from error
+    if not load_in_4bit:
+        model.to(device)
+    model.eval()
+    if tokenizer.chat_template is None:
+        raise ModelNotAvailable(f"{model_id} has no chat template: choose an instruct/chat model.")
+    return LoadedModel(
+        model_id=model_id,
+        path=path,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype_name,
+        quantized_4bit=load_in_4bit,
+        memory_bytes=int(model.get_memory_footprint()),
+        context_window=_context_window(model, tokenizer),
+    )
+
+
+def _four_bit_config(compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ModelNotAvailable("4-bit loading needs bitsandbytes, which is not installed or cannot run here.") from error
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype
+    )
+
+
+def _context_window(model, tokenizer) -> int:
+    window = getattr(model.config, "max_position_embeddings", None) or 2048
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer_limit and tokenizer_limit < 1_000_000:
+        window = min(window, tokenizer_limit)
+    return int(window)
+
+
+_lock = threading.Lock()
+_loaded: dict[tuple[str, bool], LoadedModel] = {}
+
+
+def load_model(model_id: str | None = None, *, load_in_4bit: bool | None = None, settings: Settings | None = None) -> LoadedModel:
+    """One copy per process of each (model, 4-bit) pair; adapters attach to it instead of new copies."""
+    settings = settings or get_settings()
+    model_id = model_id or settings.language_model
+    four_bit = settings.load_in_4bit if load_in_4bit is None else load_in_4bit
+    with _lock:
+        key = (model_id, four_bit)
+        if key not in _loaded:
+            _loaded[key] = _load(model_id, four_bit, settings)
+        return _loaded[key]
+
+
+def register_loaded_model(loaded: LoadedModel) -> None:
+    """Make an in-memory model loadable by id (tests build tiny models without files)."""
+    with _lock:
+        _loaded[(loaded.model_id, loaded.quantized_4bit)] = loaded
+
+
+# --- adapters ---------------------------------------------------------------------------------
+
+
+def adapter_base_model(adapter_path: Path) -> str | None:
+    config = adapter_path / "adapter_config.json"
+    if not config.is_file():
+        raise AdapterError(f"{adapter_path} has no adapter_config.json: it is not a PEFT adapter folder.")
+    return json.loads(config.read_text()).get("base_model_name_or_path")
+
+
+def _same_base(adapter_base: str | None, loaded: LoadedModel) -> bool:
+    if not adapter_base:
+        return True
+    names = {loaded.model_id, str(loaded.path), Path(loaded.model_id).name, loaded.path.name}
+    return adapter_base in names or Path(adapter_base).name in names
+
+
+def use_adapter(loaded: LoadedModel, name: str | None, path: Path | None = None) -> None:
+    """Make `name` the active adapter (attaching it from `path` the first time), or none.
+
+    Call with `loaded.lock` held: the switch changes the weights every caller sees."""
+    from peft import PeftModel
+
+    if not name or name == NO_ADAPTER:
+        return
+    if name not in loaded.adapters:
+        if path is None:
+            raise AdapterError(f"Adapter {name!r} is not known; give its folder.")
+        base = adapter_base_model(path)
+        if not _same_base(base, loaded):
+            raise AdapterError(
+                f"Adapter {name!r} was trained on {base}, but the loaded model is {loaded.model_id}. "
+                "Load that base model, or pick an adapter trained on this one."
+            )
+        try:
+            if isinstance(loaded.model, PeftModel):
+                loaded.model.load_adapter(str(path), adapter_name=name)
+            else:
+                loaded.model = PeftModel.from_pretrained(loaded.model, str(path), adapter_name=name)
+        except (ValueError, RuntimeError, KeyError, OSError) as error:
+            raise AdapterError(f"Adapter {name!r} does not fit {loaded.model_id}: {str(error)[:300]}") from error
+        loaded.model.eval()
+        loaded.adapters[name] = path
+    loaded.model.set_adapter(name)

@@ -1,0 +1,260 @@
+"""Retrieval-augmented answers: retrieve → fit the passages into the context budget → a prompt
+that numbers them → a streamed answer that cites them as [1], [2].
+
+When nothing relevant is retrieved the answer says so plainly, without asking the model, so it
+cannot invent one.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+from core.config import Settings, get_settings
+from core.db import Database
+from core.library import LibraryError, get_collection
+from core.models import NO_ADAPTER, Generation, LoadedModel, count_chat_tokens, load_model, stream_chat
+from core.models.registry import find_adapter
+from core.store import SearchHit, search
+
+SYSTEM_PROMPT = (
+    "You are a careful expert assistant. Answer the question using only the numbered sources. "
+    "Cite each source you use with its number in square brackets, like [1] or [2]. "
+    "If the sources do not contain the answer, say that you do not know."
+)
+
+
+class QuestionError(ValueError):
+    """A question that cannot be answered as asked; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Source:
+    number: int
+    chunk_id: int
+    document_id: int
+    filename: str
+    page: int | None
+    heading: str | None
+    text: str  # as given to the model (cut to fit when the first passage alone is too long)
+    score: float
+    similarity: float | None
+
+    @property
+    def location(self) -> str:
+        if self.page:
+            return f"page {self.page}"
+        return self.heading or "text"
+
+    @classmethod
+    def from_hit(cls, number: int, hit: SearchHit, text: str | None = None) -> Source:
+        return cls(number, hit.chunk_id, hit.document_id, hit.filename, hit.page, hit.heading,
+                   hit.text if text is None else text, hit.score, hit.vector_similarity)
+
+
+def _format_source(source: Source) -> str:
+    return f"[{source.number}] {source.filename} ({source.location})\n{source.text}"
+
+
+def rag_messages(question: str, sources: list[Source]) -> list[dict]:
+    context = "\n\n".join(_format_source(s) for s in sources)
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": f"Sources:\n\n{context}\n\nQuestion: {question}"},
+    ]
+
+
+def _template_safe(loaded: LoadedModel, messages: list[dict]) -> list[dict]:
+    """Some chat templates reject a system turn; fold it into the user's turn for those."""
+    try:
+        count_chat_tokens(loaded, messages)
+        return messages
+    except Exception:  # jinja2 TemplateError and friends, raised by the model's own template
+        if messages[0]["role"] != "system":
+            raise
+        return [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+
+
+@dataclass
+class RagPrompt:
+    messages: list[dict]
+    sources: list[Source]
+    prompt_tokens: int
+    left_out: int  # retrieved passages that did not fit the budget
+
+
+def fit_sources(loaded: LoadedModel, question: str, hits: list[SearchHit], *, max_new_tokens: int) -> RagPrompt:
+    """Number and add passages, best first, while the prompt leaves `max_new_tokens` for the answer."""
+    budget = loaded.context_window - max_new_tokens
+    sources: list[Source] = []
+    for hit in hits:
+        candidate = [*sources, Source.from_hit(len(sources) + 1, hit)]
+        if count_chat_tokens(loaded, _template_safe(loaded, rag_messages(question, candidate))) <= budget:
+            sources = candidate
+        elif not sources:  # the best passage alone is too long: keep as much of it as fits
+            cut = _cut_to_fit(loaded, question, hit, budget)
+            if cut is not None:
+                sources = [cut]
+    messages = _template_safe(loaded, rag_messages(question, sources))
+    return RagPrompt(messages, sources, count_chat_tokens(loaded, messages), len(hits) - len(sources))
+
+
+def _cut_to_fit(loaded: LoadedModel, question: str, hit: SearchHit, budget: int) -> Source | None:
+    ids = loaded.tokenizer(hit.text, add_special_tokens=False)["input_ids"]
+    low, high, best = 0, len(ids), None
+    while low <= high:  # the longest prefix that fits
+        middle = (low + high) // 2
+        source = Source.from_hit(1, hit, loaded.tokenizer.decode(ids[:middle]) + " …")
+        if count_chat_tokens(loaded, _template_safe(loaded, rag_messages(question, [source]))) <= budget:
+            best, low = source, middle + 1
+        else:
+            high = middle - 1
+    return best if best is not None and len(best.text) > 2 else None
+
+
+_CITATION = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
+
+
+def cited_numbers(text: str, source_count: int) -> list[int]:
+    """The source numbers an answer cites ([1], [2, 3]), in order of first mention."""
+    seen: list[int] = []
+    for group in _CITATION.findall(text):
+        for number in map(int, re.split(r"\s*[,;]\s*", group)):
+            if 1 <= number <= source_count and number not in seen:
+                seen.append(number)
+    return seen
+
+
+@dataclass
+class AnswerTimings:
+    retrieval_seconds: float = 0.0
+    time_to_first_token: float | None = None  # from the question, retrieval included
+    total_seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    context_tokens: int = 0
+    new_tokens: int = 0
+
+
+@dataclass
+class Answer:
+    question: str
+    model: str
+    adapter: str
+    collection: str | None
+    sources: list[Source] = field(default_factory=list)
+    text: str = ""
+    nothing_found: bool = False
+    timings: AnswerTimings = field(default_factory=AnswerTimings)
+    _generation: Generation | None = field(default=None, repr=False)
+    _started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def stream(self) -> Iterator[str]:
+        """The answer's text as it is produced; `text` and `timings` are final afterwards."""
+        if self._generation is None:
+            yield self.text
+            self.timings.total_seconds = time.perf_counter() - self._started
+            return
+        for piece in self._generation:
+            if self.timings.time_to_first_token is None:
+                self.timings.time_to_first_token = time.perf_counter() - self._started
+            yield piece
+        stats = self._generation.stats
+        self.text = self._generation.text.strip()
+        self.timings.total_seconds = time.perf_counter() - self._started
+        self.timings.tokens_per_second = stats.tokens_per_second
+        self.timings.new_tokens = stats.new_tokens
+        self._generation = None  # done: later streams replay the text; the model threads can go
+
+    def complete(self) -> Answer:
+        for _ in self.stream():
+            pass
+        return self
+
+    @property
+    def cited(self) -> list[int]:
+        return cited_numbers(self.text, len(self.sources))
+
+    def to_dict(self) -> dict:
+        return {
+            "question": self.question, "answer": self.text, "model": self.model, "adapter": self.adapter,
+            "collection": self.collection, "nothing_found": self.nothing_found, "cited": self.cited,
+            "sources": [asdict(s) for s in self.sources], "timings": asdict(self.timings),
+        }
+
+
+def ask(
+    db: Database | None,
+    question: str,
+    *,
+    collection: str | None = None,
+    use_rag: bool = True,
+    adapter: str | None = None,
+    model_id: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    document_ids: list[int] | None = None,
+    settings: Settings | None = None,
+) -> Answer:
+    """Prepare an answer to `question` (retrieval happens here, generation when it is streamed)."""
+    settings = settings or get_settings()
+    started = time.perf_counter()
+    question = (question or "").strip()
+    if not question:
+        raise QuestionError("Type a question first.")
+    max_new_tokens = max_new_tokens or settings.max_new_tokens
+    loaded = load_model(model_id, settings=settings)
+    adapter = adapter or NO_ADAPTER
+    adapter_path = find_adapter(adapter, settings).path if adapter != NO_ADAPTER else None
+    question_tokens = count_chat_tokens(loaded, [{"role": "user", "content": question}])
+    if question_tokens + max_new_tokens > loaded.context_window:
+        raise QuestionError(
+            f"The question is {question_tokens:,} tokens long; {loaded.model_id} reads {loaded.context_window:,} "
+            f"tokens in all, and {max_new_tokens:,} are kept for the answer. Shorten the question."
+        )
+    answer = Answer(question, loaded.model_id, adapter, collection if use_rag else None, _started=started)
+
+    if use_rag:
+        if not collection:
+            raise QuestionError("Choose a collection to answer from, or turn RAG off.")
+        _require_documents(db, collection)
+        hits = search(db, question[: settings.max_query_chars], collection=collection, k=settings.rag_top_k,
+                      mode="hybrid", document_ids=document_ids, settings=settings)
+        relevant = [h for h in hits if h.vector_similarity is not None and h.vector_similarity >= settings.rag_min_similarity]
+        answer.timings.retrieval_seconds = time.perf_counter() - started
+        if not relevant:
+            answer.nothing_found = True
+            answer.text = (
+                f"I found nothing about this in the collection {collection!r}, so I cannot answer from your "
+                "documents. Try other words, add documents that cover it, or ask without RAG."
+            )
+            return answer
+        prompt = fit_sources(loaded, question, relevant, max_new_tokens=max_new_tokens)
+        answer.sources, messages = prompt.sources, prompt.messages
+        answer.timings.context_tokens = prompt.prompt_tokens
+    else:
+        messages = [{"role": "user", "content": question}]
+        answer.timings.context_tokens = question_tokens
+
+    answer._generation = stream_chat(
+        loaded, messages, max_new_tokens=max_new_tokens,
+        temperature=settings.temperature if temperature is None else temperature,
+        top_p=settings.top_p if top_p is None else top_p, adapter=adapter, adapter_path=adapter_path,
+    )
+    return answer
+
+
+def _require_documents(db: Database, collection: str) -> None:
+    from core.library import list_collections
+
+    info = next((c for c in list_collections(db) if c.name == collection), None)
+    if info is None:
+        get_collection(db, collection)  # raises the usual "no collection named ..." message
+        raise LibraryError(f"No collection named {collection!r}.")
+    if info.document_count == 0:
+        raise QuestionError(
+            f"The collection {collection!r} has no documents yet: upload some on the Documents page "
+            "(or `python -m core ingest PATH --collection NAME`), or ask without RAG."
+        )

@@ -1,0 +1,85 @@
+"""Ask: questions answered from a collection, streamed, with numbered citations to the passages."""
+
+import streamlit as st
+
+from core.config import get_settings
+from core.embeddings import EmbeddingModelError
+from core.library import LibraryError, list_collections
+from core.models import NO_ADAPTER, PRESETS, AdapterError, ModelNotAvailable
+from core.models.registry import list_adapters
+from core.rag import QuestionError, ask
+from core.store import QueryError
+from core.ui.answers import link_citations, render_answer, render_sources, timings_line
+from core.ui.resources import database, language_model
+
+ERRORS = (QuestionError, LibraryError, QueryError, ModelNotAvailable, AdapterError, EmbeddingModelError)
+OTHER_MODEL = "Other (Hugging Face id or folder)…"
+
+settings = get_settings()
+db = database()
+st.title("Ask")
+
+collections = [c.name for c in list_collections(db)]
+left, middle, right = st.columns([2, 1, 2], vertical_alignment="bottom")
+collection = left.selectbox("Collection", collections or ["(no collections yet)"], key="ask_collection")
+use_rag = middle.toggle("RAG", value=True, key="ask_rag", help="Answer from the collection's passages, with citations.")
+adapters = [NO_ADAPTER] + [a.name for a in list_adapters()]
+adapter = right.selectbox("Adapter", adapters, key="ask_adapter", help="Fine-tuned LoRA adapters appear here.")
+
+with st.expander("Model and generation settings"):
+    preset_ids = [p.model_id for p in PRESETS]
+    default = preset_ids.index(settings.language_model) if settings.language_model in preset_ids else len(preset_ids)
+    choice = st.selectbox("Model", [*preset_ids, OTHER_MODEL], index=default, key="ask_model",
+                          format_func=lambda m: next((p.label for p in PRESETS if p.model_id == m), m))
+    model_id = st.text_input("Model id or folder", value=settings.language_model if default == len(preset_ids) else "",
+                             key="ask_model_other") if choice == OTHER_MODEL else choice
+    four_bit = st.checkbox("Load in 4 bits (bitsandbytes NF4)", value=settings.load_in_4bit, key="ask_4bit")
+    c1, c2, c3 = st.columns(3)
+    temperature = c1.slider("Temperature", 0.0, 1.5, settings.temperature, 0.05, key="ask_temperature",
+                            help="0 answers greedily: the same question gives the same answer.")
+    top_p = c2.slider("Top-p", 0.05, 1.0, settings.top_p, 0.05, key="ask_top_p")
+    max_new_tokens = c3.number_input("Max new tokens", 16, 4096, settings.max_new_tokens, 16, key="ask_max_new_tokens")
+
+try:
+    loaded = language_model(model_id, four_bit)
+except ModelNotAvailable as error:
+    st.error(str(error))
+    st.stop()
+st.caption(f"Model: {loaded.description} · context window {loaded.context_window:,} tokens")
+
+history = st.session_state.setdefault("ask_history", [])
+for turn, (question, answer) in enumerate(history):
+    st.chat_message("user").write(question)
+    with st.chat_message("assistant"):
+        render_answer(answer, turn)
+
+if history and st.button("Clear conversation", key="ask_clear"):
+    history.clear()
+    st.rerun()
+
+question = st.chat_input("Ask a question about your documents", key="ask_question")
+if question:
+    turn = len(history)
+    st.chat_message("user").write(question)
+    with st.chat_message("assistant"):
+        try:
+            answer = ask(db, question, collection=collection if collections else None, use_rag=use_rag, adapter=adapter,
+                         model_id=model_id, max_new_tokens=int(max_new_tokens), temperature=temperature, top_p=top_p)
+        except ERRORS as error:
+            st.error(str(error))
+            st.stop()
+        text_column, sources_column = st.columns([3, 2]) if answer.sources else (st.container(), None)
+        sources_panel = sources_column.empty() if sources_column is not None else None
+        if sources_panel is not None:
+            with sources_panel.container():
+                render_sources(answer.sources, turn, cited=[])
+        with text_column:
+            streamed = st.empty()
+            with streamed:
+                st.write_stream(answer.stream())
+            streamed.markdown(link_citations(answer.text, turn, len(answer.sources)))
+            st.caption(f"{answer.model} · adapter: {answer.adapter} · {timings_line(answer.timings)}")
+        if sources_panel is not None and answer.cited:  # mark what the answer actually cited
+            with sources_panel.container():
+                render_sources(answer.sources, turn, cited=answer.cited)
+    history.append((question, answer))
