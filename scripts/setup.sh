@@ -14,9 +14,10 @@ fi
 requirements=requirements.txt
 $with_tests && requirements=requirements-test.txt
 # A stamp skips pip when nothing changed since the last successful install.
-stamp=".venv/.installed-$(cat requirements.txt "$requirements" | sha256sum | cut -c1-16)"
+stamp=".venv/.installed-$(cat requirements.txt requirements-nodeps.txt "$requirements" | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
   touch "$stamp"
 fi
 
