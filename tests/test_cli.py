@@ -66,4 +66,4 @@ def test_module_entry_point_runs(settings):
         [sys.executable, "-m", "core", "db", "info"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "schema revision 0001" in result.stdout
+    assert "schema revision 0002" in result.stdout
