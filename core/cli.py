@@ -190,6 +190,130 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from dataclasses import fields
+
+    from core.training.spec import PRESETS, TrainingSettings, with_overrides
+    from core.training.submit import submit_job
+
+    preset = PRESETS[args.preset]
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainingSettings)}
+    job = submit_job(
+        _database(), adapter_name=args.adapter, dataset=args.dataset, base_model=args.model or get_settings().language_model,
+        method=args.method or preset.method, settings=with_overrides(preset.settings, **overrides),
+    )
+    print(f"Queued job {job.id}: {job.method} → adapter {job.adapter_name!r}.")
+    if args.wait:
+        return _follow(job.id)
+    print("A worker runs it: `python -m core worker` (the app starts one when needed). Follow it with "
+          f"`python -m core jobs logs {job.id} --follow`.")
+    return 0
+
+
+def _follow(job_id: int) -> int:
+    import time
+
+    from core.training.jobs import get_job, job_log_since
+    from core.training.worker import ensure_local_worker
+
+    db = _database()
+    ensure_local_worker(db)
+    last_id = 0
+    while True:
+        job = get_job(db, job_id)  # read before the lines: no line written before the ending is missed
+        for last_id, line in job_log_since(db, job_id, last_id):
+            print(line, flush=True)
+        if job.finished:
+            print(f"Job {job_id} {job.status}." + (f" {job.error}" if job.error and job.status == "failed" else ""))
+            return 0 if job.status == "succeeded" else 1
+        time.sleep(2)
+
+
+def cmd_jobs(args) -> int:
+    from core.training.jobs import cancel_job, get_job, job_log_tail, job_metrics, list_jobs, resume_job
+
+    db = _database()
+    if args.action == "list":
+        jobs = list_jobs(db)
+        if args.json:
+            _print_json([{**asdict(j), "settings": j.settings.to_dict()} for j in jobs])
+            return 0
+        if not jobs:
+            print("No jobs yet. Start one with: python -m core train --dataset NAME --adapter NAME")
+        for j in jobs:
+            step = f"step {j.progress['step']}/{j.progress['max_steps']}" if j.progress else ""
+            print(f"{j.id:>4}  {j.status:<10} {j.adapter_name:<24} {j.method:<6} {j.dataset_name or '-':<20} {step}")
+        return 0
+    if not args.id:
+        print(f"jobs {args.action} needs a job id.", file=sys.stderr)
+        return 2
+    if args.action == "show":
+        job = get_job(db, args.id)
+        _print_json({**asdict(job), "settings": job.settings.to_dict(), "metrics": job_metrics(db, args.id)[-5:]})
+    elif args.action == "logs":
+        if args.follow:
+            return _follow(args.id)
+        print("\n".join(job_log_tail(db, args.id, args.lines)))
+    elif args.action == "cancel":
+        print(f"Job {args.id}: {cancel_job(db, args.id).status} (cancel requested).")
+    elif args.action == "resume":
+        job = resume_job(db, args.id)
+        print(f"Job {job.id} queued again; it continues from its last checkpoint.")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from core.training.worker import run_worker
+
+    run_worker(_database(), once=args.once, exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+def cmd_adapters(args) -> int:
+    from core.models.registry import list_adapters
+    from core.training.adapters import adapter_record, delete_adapter, merge_adapter, zip_adapter
+
+    if args.action == "list":
+        adapters = [{"name": a.name, "base_model": a.base_model, "path": str(a.path),
+                     "metrics": adapter_record(a.name).get("metrics")} for a in list_adapters()]
+        if args.json:
+            _print_json(adapters)
+        for a in adapters if not args.json else []:
+            print(f"{a['name']:<24} base {a['base_model']}  {a['metrics'] or ''}")
+        if not adapters and not args.json:
+            print("No adapters yet: fine-tune one on the Fine-tune page or with `python -m core train`.")
+        return 0
+    if not args.name:
+        print(f"adapters {args.action} needs an adapter name.", file=sys.stderr)
+        return 2
+    if args.action == "export":
+        target = Path(args.output or f"{args.name}.zip")
+        target.write_bytes(zip_adapter(args.name))
+        print(f"Wrote {target}.")
+    elif args.action == "merge":
+        print(f"Merged model saved in {merge_adapter(args.name, Path(args.output) if args.output else None)}.")
+    elif args.action == "delete":
+        delete_adapter(args.name)
+        print(f"Deleted adapter {args.name!r}.")
+    return 0
+
+
+def _add_training_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainingSettings field, with the field's own help text."""
+    from dataclasses import fields
+
+    from core.training.spec import TrainingSettings
+
+    group = parser.add_argument_group("training settings (default: the preset's)")
+    for f in fields(TrainingSettings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            group.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -258,6 +382,38 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=cmd_models)
 
+    from core.training.spec import PRESETS
+
+    train = commands.add_parser("train", help="queue a LoRA/QLoRA fine-tuning job")
+    train.add_argument("--dataset", required=True)
+    train.add_argument("--adapter", required=True, help="name of the adapter the job produces")
+    train.add_argument("--model", help="base model (default: the configured language model)")
+    train.add_argument("--method", choices=("lora", "qlora"), help="default: the preset's")
+    train.add_argument("--preset", choices=list(PRESETS), default="LoRA")
+    train.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
+    _add_training_settings(train)
+    train.set_defaults(handler=cmd_train)
+
+    jobs = commands.add_parser("jobs", help="list, show, follow, cancel or resume fine-tuning jobs")
+    jobs.add_argument("action", choices=("list", "show", "logs", "cancel", "resume"))
+    jobs.add_argument("id", nargs="?", type=int)
+    jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
+    jobs.add_argument("--lines", type=int, default=40)
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(handler=cmd_jobs)
+
+    worker = commands.add_parser("worker", help="run queued fine-tuning jobs (each in its own process)")
+    worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    worker.add_argument("--exit-when-idle", type=float, help="exit after this many seconds without jobs")
+    worker.set_defaults(handler=cmd_worker)
+
+    adapters = commands.add_parser("adapters", help="list, export (zip), merge or delete fine-tuned adapters")
+    adapters.add_argument("action", choices=("list", "export", "merge", "delete"))
+    adapters.add_argument("name", nargs="?")
+    adapters.add_argument("--output", help="export: zip path; merge: output folder")
+    adapters.add_argument("--json", action="store_true")
+    adapters.set_defaults(handler=cmd_adapters)
+
     db = commands.add_parser("db", help="migrate the database and show where it is")
     db.add_argument("action", choices=("upgrade", "info"))
     db.set_defaults(handler=cmd_db)
@@ -271,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.models import AdapterError, ModelNotAvailable
     from core.rag import QuestionError
     from core.store import QueryError
+    from core.training.jobs import JobError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -280,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"collections {args.action} needs a collection name")
     try:
         return args.handler(args)
-    except (LibraryError, QueryError, IngestError, EmbeddingModelError, QuestionError, ModelNotAvailable, AdapterError) as error:
+    except (LibraryError, QueryError, IngestError, EmbeddingModelError, QuestionError, ModelNotAvailable, AdapterError,
+            JobError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -166,6 +166,8 @@ def list_adapters(settings: Settings | None = None) -> list[AdapterInfo]:
     folder = adapters_dir(settings)
     found = []
     for config in sorted(folder.glob("*/adapter_config.json")) if folder.is_dir() else []:
+        if config.parent.name.startswith("."):
+            continue  # being written: published by a rename when complete
         try:
             base = json.loads(config.read_text()).get("base_model_name_or_path")
         except (OSError, ValueError):

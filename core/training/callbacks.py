@@ -1,0 +1,94 @@
+"""The Trainer callback that reports a run to Postgres (metrics, progress, log lines) and stops it
+when a cancel arrives, saving a checkpoint first so the job can be resumed."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from transformers import TrainerCallback
+
+from core.db import Database
+from core.training.jobs import get_job, record_metrics, record_progress
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StopRequest:
+    """Set by SIGTERM (the worker's cancel) or by the job's cancel flag in the database."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.requested = True
+
+
+class DatabaseReporter(TrainerCallback):
+    def __init__(self, db: Database, job_id: int, stop: StopRequest, *, check_every: float = 2.0):
+        self.db, self.job_id, self.stop = db, job_id, stop
+        self.check_every = check_every
+        self.cancelled = False
+        self._last_check = 0.0
+        self._last_tokens = 0
+        self._last_time = time.perf_counter()
+        self._started = time.perf_counter()
+        self._start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start_step = state.global_step
+        self._started = self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen
+        print(f"Training: {state.max_steps} steps from step {state.global_step}.", flush=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        done = state.global_step - self._start_step
+        elapsed = time.perf_counter() - self._started
+        remaining = (state.max_steps - state.global_step) * elapsed / done if done else None
+        record_progress(self.db, self.job_id, {
+            "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+            "elapsed_seconds": elapsed, "eta_seconds": remaining,
+        })
+        now = time.perf_counter()
+        if not self.stop.requested and now - self._last_check >= self.check_every:
+            self._last_check = now
+            self.stop.requested = get_job(self.db, self.job_id).cancel_requested
+        if self.stop.requested:
+            self.cancelled = True
+            control.should_save = True  # a checkpoint to resume from
+            control.should_training_stop = True
+            print(f"Cancel received: stopping after step {state.global_step} with a checkpoint.", flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        tokens = state.num_input_tokens_seen
+        speed = (tokens - self._last_tokens) / (now - self._last_time) if now > self._last_time and "loss" in logs else None
+        if "loss" in logs:
+            self._last_tokens, self._last_time = tokens, now
+        values = {
+            "epoch": logs.get("epoch", state.epoch),
+            "loss": logs.get("loss"),
+            "eval_loss": logs.get("eval_loss"),
+            "learning_rate": logs.get("learning_rate"),
+            "grad_norm": logs.get("grad_norm"),
+            "tokens_per_second": speed,
+            "memory_mb": peak_memory_mb(),
+        }
+        if values["loss"] is None and values["eval_loss"] is None:
+            return  # the end-of-training summary: reported as the job's final metrics instead
+        record_metrics(self.db, self.job_id, state.global_step, values)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None and k != "epoch")
+        print(f"step {state.global_step}/{state.max_steps} epoch {values['epoch'] or 0:.2f}: {shown}", flush=True)

@@ -1,0 +1,197 @@
+"""python -m core.training.run --job ID: one fine-tuning run, top to bottom.
+
+The worker starts this in its own process for each job: settings → data → model → LoRA → train →
+adapter. The job's full settings are written next to its checkpoints, so a result can be
+reproduced from its run folder alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import re
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from core.config import get_settings
+from core.db import open_database
+from core.models.registry import resolve_model_path
+from core.training.adapters import publish_adapter
+from core.training.callbacks import DatabaseReporter, StopRequest
+from core.training.data import PadToLongest, tokenize_examples
+from core.training.jobs import Job, finish_job, forget_metrics_after, get_job, set_run_dir
+from core.training.spec import target_modules_for
+
+
+class Cancelled(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.training.run")
+    parser.add_argument("--job", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    db = open_database(settings)
+    stop = StopRequest()  # installed first: a cancel during model loading is not lost
+    job = get_job(db, args.job)
+    run_dir = settings.data_dir.resolve() / "runs" / f"job-{job.id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_run_dir(db, job.id, str(run_dir))
+    (run_dir / "job.json").write_text(json.dumps(
+        {"job": job.id, "adapter": job.adapter_name, "dataset": job.dataset_name, "base_model": job.base_model,
+         "method": job.method, "settings": job.settings.to_dict()}, indent=2))
+    print(f"Job {job.id}: {job.method.upper()} of {job.base_model} on dataset {job.dataset_name!r} "
+          f"→ adapter {job.adapter_name!r} (attempt {job.attempts}).", flush=True)
+    try:
+        metrics = train(db, job, run_dir, stop)
+    except Cancelled:
+        finish_job(db, job.id, "cancelled", error="Cancelled by the user. Resume continues from the last checkpoint.")
+        print("Cancelled.", flush=True)
+        return 0
+    except BaseException as error:
+        traceback.print_exc()
+        finish_job(db, job.id, "failed", error=explain_failure(error, run_dir))
+        return 1
+    finish_job(db, job.id, "succeeded", final_metrics=metrics)
+    print(f"Done: adapter {job.adapter_name!r} saved. {json.dumps(metrics)}", flush=True)
+    return 0
+
+
+def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    from core.datasets import load_training_examples
+
+    s = job.settings
+    set_seed(s.seed)
+
+    # --- data -------------------------------------------------------------------------------
+    train_examples, validation_examples = load_training_examples(db, job.dataset_name)
+    model_path = resolve_model_path(job.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows = tokenize_examples(tokenizer, train_examples, s.max_seq_length)
+    validation_rows = tokenize_examples(tokenizer, validation_examples, s.max_seq_length)
+    if not train_rows:
+        raise ValueError(f"Dataset {job.dataset_name!r} has no training examples with an answer to learn.")
+    trained = sum(sum(label != -100 for label in row["labels"]) for row in train_rows)
+    print(f"Data: {len(train_rows)} training and {len(validation_rows)} validation examples, "
+          f"{trained:,} answer tokens to learn per epoch.", flush=True)
+
+    # --- model ------------------------------------------------------------------------------
+    cuda = torch.cuda.is_available()
+    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    kwargs: dict = {"dtype": dtype}
+    if job.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+        )
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if cuda else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    if job.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=s.gradient_checkpointing)
+    targets = target_modules_for(model.config.model_type, s.target_modules)
+    model = get_peft_model(model, LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                                             target_modules=targets, task_type="CAUSAL_LM"))
+    trainable, total = model.get_nb_trainable_parameters()
+    print(f"Model: {model.config.model_type}, LoRA on {targets}: {trainable:,} trainable of {total:,} parameters "
+          f"({'4-bit NF4' if job.method == 'qlora' else str(dtype).removeprefix('torch.')}, {'cuda' if cuda else 'cpu'}).",
+          flush=True)
+
+    # --- trainer ----------------------------------------------------------------------------
+    checkpoints = run_dir / "checkpoints"
+    has_validation = bool(validation_rows)
+    arguments = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup_steps,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps or -1,
+        logging_steps=s.logging_steps,
+        eval_strategy=("steps" if s.eval_steps else "epoch") if has_validation else "no",
+        eval_steps=s.eval_steps or None,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=2,
+        seed=s.seed,
+        train_sampling_strategy="group_by_length" if s.length_grouping else "random",
+        gradient_checkpointing=s.gradient_checkpointing and job.method != "qlora",
+        bf16=cuda and dtype == torch.bfloat16,
+        fp16=cuda and dtype == torch.float16,
+        use_cpu=not cuda,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    reporter = DatabaseReporter(db, job.id, stop)
+    trainer = Trainer(model=model, args=arguments, train_dataset=train_rows,
+                      eval_dataset=validation_rows or None, data_collator=PadToLongest(tokenizer.pad_token_id),
+                      callbacks=[reporter])
+
+    resume_from = latest_checkpoint(checkpoints) if job.resume else None
+    if resume_from:
+        step = int(resume_from.name.split("-")[-1])
+        forget_metrics_after(db, job.id, step)
+        print(f"Resuming from {resume_from.name}.", flush=True)
+    if stop.requested:
+        raise Cancelled
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if reporter.cancelled:
+        raise Cancelled
+
+    # --- adapter ----------------------------------------------------------------------------
+    metrics = {"train_loss": result.training_loss, "steps": result.global_step,
+               "train_seconds": result.metrics.get("train_runtime")}
+    if has_validation:
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    staging = run_dir / "adapter"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    publish_adapter(staging, job, metrics)
+    return metrics
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (Trainer writes trainer_state.json last)."""
+    found = [p for p in folder.glob("checkpoint-*") if _CHECKPOINT.match(p.name) and (p / "trainer_state.json").exists()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def explain_failure(error: BaseException, run_dir: Path) -> str:
+    """The reason a user reads in the jobs table: what happened and what to do."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        free = shutil.disk_usage(run_dir).free / 2**20
+        return (f"The disk is full ({free:,.0f} MB free where the run writes: {run_dir}). Free some space, then resume "
+                "the job: it continues from the last complete checkpoint.")
+    if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
+        return "Out of memory: use QLoRA, a smaller batch, a shorter max sequence length, or gradient checkpointing."
+    if isinstance(error, KeyboardInterrupt):
+        return "Interrupted."
+    return f"{type(error).__name__}: {str(error)[:1500]}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

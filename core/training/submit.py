@@ -1,0 +1,102 @@
+"""Starting a job: every check that can fail fast happens here, before anything is queued."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.config import Settings, get_settings
+from core.db import Database
+from core.models.registry import ModelNotAvailable, find_adapter, resolve_model_path
+from core.training.estimate import Estimate, estimate_job, model_shape
+from core.training.jobs import Job, JobError, create_job, validate_adapter_name
+from core.training.spec import Method, TrainingSettings
+
+
+def check_four_bit_support() -> None:
+    """QLoRA needs bitsandbytes able to quantize on this machine's device (CUDA, or CPU since 0.48)."""
+    try:
+        import bitsandbytes.functional as bnb_functional
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        bnb_functional.quantize_4bit(torch.randn(64, 64, device=device), quant_type="nf4")
+    except Exception as error:  # ImportError, RuntimeError from a missing backend, ...
+        raise JobError(
+            f"4-bit (QLoRA) cannot run here: bitsandbytes fails on this machine ({type(error).__name__}: "
+            f"{str(error)[:200]}). Use LoRA instead, or a machine with a CUDA GPU."
+        ) from error
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What the page shows before Start: the checked inputs and the estimate."""
+
+    dataset: str
+    examples: int
+    mean_tokens: float
+    estimate: Estimate
+
+
+def plan_job(db: Database, *, dataset: str, base_model: str, method: Method, settings: TrainingSettings,
+             app_settings: Settings | None = None) -> JobPlan:
+    app_settings = app_settings or get_settings()
+    problems = settings.validate()
+    if problems:
+        raise JobError(" ".join(problems))
+    if method not in ("lora", "qlora"):
+        raise JobError(f"Unknown method {method!r}: use lora or qlora.")
+    try:
+        path = resolve_model_path(base_model, app_settings)
+    except ModelNotAvailable as error:
+        raise JobError(str(error)) from error
+    shape = model_shape(path, settings.target_modules)
+    limit = _position_limit(path)
+    if settings.max_seq_length > limit:
+        raise JobError(f"Max sequence length {settings.max_seq_length:,} is more than {base_model} supports ({limit:,}).")
+    examples, mean_tokens = _token_stats(db, dataset, path, settings.max_seq_length)
+    if examples == 0:
+        raise JobError(f"Dataset {dataset!r} has no training examples; import or generate some first.")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    estimate = estimate_job(shape, method, settings, examples=examples, mean_tokens=mean_tokens, device=device)
+    return JobPlan(dataset, examples, mean_tokens, estimate)
+
+
+def _token_stats(db: Database, dataset: str, model_path, max_length: int) -> tuple[int, float]:
+    """Training examples and their mean length in the base model's tokens (template included)."""
+    from transformers import AutoTokenizer
+
+    from core.datasets import load_training_examples
+    from core.training.data import tokenize_examples
+
+    train, _validation = load_training_examples(db, dataset)
+    rows = tokenize_examples(AutoTokenizer.from_pretrained(model_path), train, max_length)
+    return len(rows), (sum(len(r["input_ids"]) for r in rows) / len(rows) if rows else 0.0)
+
+
+def _position_limit(path) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def submit_job(db: Database, *, adapter_name: str, dataset: str, base_model: str, method: Method,
+               settings: TrainingSettings, app_settings: Settings | None = None) -> Job:
+    """Check everything, then queue the job. A worker picks it up (the app starts one if needed)."""
+    from core.datasets import get_dataset
+
+    adapter_name = validate_adapter_name(adapter_name)
+    try:
+        find_adapter(adapter_name, app_settings)
+    except ValueError:
+        pass
+    else:
+        raise JobError(f"An adapter named {adapter_name!r} already exists; choose another name or delete it first.")
+    info = get_dataset(db, dataset)
+    plan_job(db, dataset=dataset, base_model=base_model, method=method, settings=settings, app_settings=app_settings)
+    if method == "qlora":
+        check_four_bit_support()
+    return create_job(db, adapter_name=adapter_name, dataset_id=info.id, base_model=base_model, method=method,
+                      settings=settings)

@@ -1,0 +1,208 @@
+"""python -m core worker: claims queued jobs and runs each in its own training process.
+
+The worker keeps the job alive in Postgres (heartbeat), ships the process's output lines to the
+job's log, turns a cancel into SIGTERM (SIGKILL if the process does not stop within seconds), and
+records how the process ended. Any machine with the same DATABASE_URL can run a worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import text
+
+from core.config import Settings, get_settings
+from core.db import Database
+from core.training.jobs import (
+    Job,
+    append_log,
+    claim_next_job,
+    fail_stale_jobs,
+    finish_job,
+    get_job,
+    heartbeat,
+    job_log_tail,
+)
+
+HEARTBEAT_SECONDS = 2.0
+CANCEL_GRACE_SECONDS = 7.0  # SIGTERM, then SIGKILL: a cancel always ends within 10 s
+WORKER_ALIVE_SECONDS = 15
+
+
+def _die_with_parent() -> None:
+    """Linux: the training process gets SIGKILL if its worker dies, so no job trains unwatched."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def training_command(job: Job) -> list[str]:
+    """One process per job; with several GPUs, accelerate launches one per GPU."""
+    command = ["-m", "core.training.run", "--job", str(job.id)]
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), *command]
+    return [sys.executable, *command]
+
+
+class LogShipper:
+    """Copies complete new lines of the process's output file into the job's log."""
+
+    def __init__(self, db: Database, job_id: int, path: Path):
+        self.db, self.job_id, self.path = db, job_id, path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def ship(self, final: bool = False) -> None:
+        with open(self.path, "rb") as stream:
+            stream.seek(self.offset)
+            chunk = stream.read()
+        if not final:
+            chunk = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(chunk)
+        lines = chunk.decode("utf-8", errors="replace").replace("\r", "\n").split("\n")
+        append_log(self.db, self.job_id, lines)
+
+
+def run_job(db: Database, job: Job, settings: Settings) -> str:
+    """Run one claimed job to its end; returns its final status."""
+    run_dir = settings.data_dir.resolve() / "runs" / f"job-{job.id}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output = run_dir / "output.log"
+    output.touch()
+    shipper = LogShipper(db, job.id, output)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EXPERT_STUDIO_DATA_DIR": str(settings.data_dir.resolve()),
+           "TOKENIZERS_PARALLELISM": "false"}
+    with open(output, "ab") as sink:
+        process = subprocess.Popen(training_command(job), stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True, preexec_fn=_die_with_parent, cwd=Path(__file__).parents[2])
+    append_log(db, job.id, [f"Worker {socket.gethostname()}:{os.getpid()} started training process {process.pid}."])
+    cancel_deadline = None
+    last_beat = 0.0
+    while process.poll() is None:
+        time.sleep(0.5)
+        shipper.ship()
+        if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+            last_beat = time.monotonic()
+            _register(db)  # the worker is alive too, so the app does not start another one
+            if heartbeat(db, job.id, process.pid) and cancel_deadline is None:
+                _signal_group(process.pid, signal.SIGTERM)
+                cancel_deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+            append_log(db, job.id, ["The training process did not stop in time: killed."])
+            _signal_group(process.pid, signal.SIGKILL)
+            cancel_deadline = float("inf")
+    shipper.ship(final=True)
+
+    ended = get_job(db, job.id)
+    if ended.status == "running":  # the process died without recording an ending
+        if ended.cancel_requested:
+            finish_job(db, job.id, "cancelled", error="Cancelled by the user. Resume continues from the last checkpoint.")
+        else:
+            code = process.returncode
+            how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+            tail = "\n".join(job_log_tail(db, job.id, 8))
+            finish_job(db, job.id, "failed",
+                       error=f"The training process {how}. Resume it to continue from the last checkpoint.\n"
+                             f"Last log lines:\n{tail}")
+    return get_job(db, job.id).status
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _register(db: Database) -> None:
+    with db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO workers (host, pid) VALUES (:h, :p) "
+                "ON CONFLICT (host, pid) DO UPDATE SET heartbeat_at = now()"
+            ),
+            {"h": socket.gethostname(), "p": os.getpid()},
+        )
+
+
+def _unregister(db: Database) -> None:
+    with db.engine.begin() as connection:
+        connection.execute(text("DELETE FROM workers WHERE host = :h AND pid = :p"), {"h": socket.gethostname(), "p": os.getpid()})
+
+
+def run_worker(db: Database, settings: Settings | None = None, *, once: bool = False, poll_seconds: float = 2.0,
+               exit_when_idle: float | None = None) -> None:
+    """Claim and run jobs until stopped (SIGTERM/SIGINT), after one job with `once`, or after
+    `exit_when_idle` seconds without work (the app's local worker does not outlive its use)."""
+    settings = settings or get_settings()
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    idle_since = time.monotonic()
+    print(f"Worker {socket.gethostname()}:{os.getpid()} waiting for jobs ({db.description}).", flush=True)
+    try:
+        while not stopping:
+            _register(db)
+            fail_stale_jobs(db)
+            job = claim_next_job(db, os.getpid())
+            if job is None:
+                if once or (exit_when_idle and time.monotonic() - idle_since > exit_when_idle):
+                    return
+                time.sleep(poll_seconds)
+                continue
+            print(f"Job {job.id}: {job.adapter_name} ({job.method}) started.", flush=True)
+            status = run_job(db, job, settings)
+            print(f"Job {job.id}: {status}.", flush=True)
+            idle_since = time.monotonic()
+            if once:
+                return
+    finally:
+        _unregister(db)
+
+
+def live_workers(db: Database) -> int:
+    with db.engine.connect() as connection:
+        return int(connection.execute(
+            text("SELECT count(*) FROM workers WHERE heartbeat_at > now() - make_interval(secs => :s)"),
+            {"s": WORKER_ALIVE_SECONDS},
+        ).scalar())
+
+
+def ensure_local_worker(db: Database, settings: Settings | None = None, idle_exit_seconds: int = 900) -> int | None:
+    """Start a worker on this machine when none is alive; returns its pid (None if one was running)."""
+    settings = settings or get_settings()
+    if live_workers(db):
+        return None
+    logs = settings.data_dir.resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "EXPERT_STUDIO_DATA_DIR": str(settings.data_dir.resolve())}
+    with open(logs / "worker.log", "ab") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "core", "worker", "--exit-when-idle", str(idle_exit_seconds)],
+            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=Path(__file__).parents[2],
+        )
+    _wait_for_registration(db, timeout=30)
+    return process.pid
+
+
+def _wait_for_registration(db: Database, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not live_workers(db):
+        time.sleep(0.3)
