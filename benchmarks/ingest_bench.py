@@ -130,7 +130,7 @@ def main() -> int:
             print(f"  repeat {repeat + 1}, side {side}: {times[side][-1]:.1f} s", flush=True)
 
     a, b = median(times["a"]), median(times["b"])
-    rows = [["(a) embedding alone, all chunks in batches of %d" % batch, f"{a:.1f}", f"{len(texts) / a:.1f}", "1.00"]]
+    rows = [[f"(a) embedding alone, all chunks in batches of {batch}", f"{a:.1f}", f"{len(texts) / a:.1f}", "1.00"]]
     if times["a'"]:
         a1 = median(times["a'"])
         rows.append(["(a') embedding alone, one call per document", f"{a1:.1f}", f"{len(texts) / a1:.1f}", f"{a1 / a:.2f}"])

@@ -221,8 +221,9 @@ def _follow(job_id: int) -> int:
     last_id = 0
     while True:
         job = get_job(db, job_id)  # read before the lines: no line written before the ending is missed
-        for last_id, line in job_log_since(db, job_id, last_id):
+        for line_id, line in job_log_since(db, job_id, last_id):
             print(line, flush=True)
+            last_id = line_id
         if job.finished:
             print(f"Job {job_id} {job.status}." + (f" {job.error}" if job.error and job.status == "failed" else ""))
             return 0 if job.status == "succeeded" else 1
