@@ -428,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.models import AdapterError, ModelNotAvailable
     from core.rag import QuestionError
     from core.store import QueryError
+    from core.datasets import DatasetError
     from core.training.jobs import JobError
 
     parser = build_parser()
@@ -439,6 +440,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (LibraryError, QueryError, IngestError, EmbeddingModelError, QuestionError, ModelNotAvailable, AdapterError,
-            JobError) as error:
+            JobError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -37,7 +37,8 @@ class Database:
         url = make_url(self.url)
         if self.embedded:
             return f"embedded Postgres in {url.query.get('host')}"
-        return f"Postgres at {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+        where = url.host or (f"socket {url.query['host']}" if "host" in url.query else "localhost")
+        return f"Postgres at {where}:{url.port or 5432}/{url.database}"
 
 
 def _register_vector_type(dbapi_connection, _record) -> None:

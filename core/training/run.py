@@ -180,9 +180,20 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC anywhere in the chain; safetensors and torch wrap it in their own error types."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "os error 28" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def explain_failure(error: BaseException, run_dir: Path) -> str:
     """The reason a user reads in the jobs table: what happened and what to do."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    if _disk_full(error):
         free = shutil.disk_usage(run_dir).free / 2**20
         return (f"The disk is full ({free:,.0f} MB free where the run writes: {run_dir}). Free some space, then resume "
                 "the job: it continues from the last complete checkpoint.")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -154,7 +155,8 @@ def run_worker(db: Database, settings: Settings | None = None, *, once: bool = F
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, stop)
+    if threading.current_thread() is threading.main_thread():  # tests run workers in threads
+        signal.signal(signal.SIGTERM, stop)
     idle_since = time.monotonic()
     print(f"Worker {socket.gethostname()}:{os.getpid()} waiting for jobs ({db.description}).", flush=True)
     try:
