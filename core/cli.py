@@ -422,13 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.datasets import DatasetError
     from core.documents.errors import IngestError
     from core.embeddings import EmbeddingModelError
     from core.library import LibraryError
     from core.models import AdapterError, ModelNotAvailable
     from core.rag import QuestionError
     from core.store import QueryError
-    from core.datasets import DatasetError
     from core.training.jobs import JobError
 
     parser = build_parser()

@@ -6,6 +6,12 @@ from core.library import DocumentInfo
 from core.store import SearchHit
 
 
+def plural(n: int, word: str, plural_word: str | None = None, *, bold: bool = False) -> str:
+    """"1 chunk", "3 chunks", "1,204 chunks": a count with its noun in the right number (`bold`: "**3** chunks")."""
+    count = f"**{n:,}**" if bold else f"{n:,}"
+    return f"{count} {word if n == 1 else plural_word or word + 's'}"
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -19,7 +25,7 @@ def documents_table(documents: list[DocumentInfo]) -> list[dict]:
         {
             "name": d.filename,
             "type": d.file_type,
-            "pages": d.pages,
+            "pages": f"{d.pages:,}" if d.pages else "—",  # "—" for files without pages, not "None"
             "chunks": d.chunk_count,
             "size": human_size(d.size_bytes),
             "added": d.created_at.strftime("%Y-%m-%d %H:%M"),

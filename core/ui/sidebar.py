@@ -7,6 +7,7 @@ import streamlit as st
 from core.config import get_settings
 from core.db import Database
 from core.library import library_stats
+from core.ui.format import plural
 
 
 def render_sidebar(db: Database) -> None:
@@ -14,7 +15,8 @@ def render_sidebar(db: Database) -> None:
     settings = get_settings()
     with st.sidebar:
         st.caption("Library")
-        st.markdown(f"**{stats.documents}** documents · **{stats.chunks}** chunks · **{stats.collections}** collections")
+        counts = ((stats.documents, "document"), (stats.chunks, "chunk"), (stats.collections, "collection"))
+        st.markdown(" · ".join(plural(n, word, bold=True) for n, word in counts))
         st.caption("Database")
         kind = "Embedded Postgres" if db.embedded else "External Postgres"
         st.markdown(f"{kind}  \n`{db.description.split(' in ', 1)[-1] if db.embedded else db.description}`")
