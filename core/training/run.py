@@ -67,6 +67,7 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from core.datasets import load_training_examples
 
@@ -146,6 +147,7 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
     trainer = Trainer(model=model, args=arguments, train_dataset=train_rows,
                       eval_dataset=validation_rows or None, data_collator=PadToLongest(tokenizer.pad_token_id),
                       callbacks=[reporter])
+    trainer.remove_callback(PrinterCallback)  # the reporter prints one readable line per log instead
 
     resume_from = latest_checkpoint(checkpoints) if job.resume else None
     if resume_from:
@@ -162,7 +164,9 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
     metrics = {"train_loss": result.training_loss, "steps": result.global_step,
                "train_seconds": result.metrics.get("train_runtime")}
     if has_validation:
-        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+        last_eval = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
+        at_end = last_eval is not None and last_eval.get("step") == result.global_step
+        metrics["eval_loss"] = last_eval["eval_loss"] if at_end else trainer.evaluate()["eval_loss"]
     staging = run_dir / "adapter"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
