@@ -315,6 +315,79 @@ def _add_training_settings(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
 
 
+def cmd_datasets(args) -> int:
+    from core.datasets import (
+        delete_dataset,
+        generate_qa_dataset,
+        generate_text_dataset,
+        list_datasets,
+        list_examples,
+        preview_dataset,
+        save_dataset,
+        split_dataset,
+    )
+
+    db = _database()
+    if args.action == "list":
+        datasets = list_datasets(db)
+        if args.json:
+            _print_json([asdict(d) for d in datasets])
+        for d in datasets if not args.json else []:
+            print(f"{d.name:<28} {d.kind:<5} train {d.train_count:>5}  validation {d.validation_count:>4}  {d.source}")
+        if not datasets and not args.json:
+            print("No datasets yet: `python -m core datasets import FILE --name NAME` or `datasets generate`.")
+        return 0
+    if args.action == "import":
+        if not args.file or not args.name:
+            print("datasets import needs FILE and --name.", file=sys.stderr)
+            return 2
+        path = Path(args.file)
+        preview = preview_dataset(path.name, path.read_bytes(), model_id=args.model, max_tokens=args.max_tokens)
+        print(preview.summary)
+        for note in preview.notes:
+            print(note)
+        if preview.problems:
+            print(preview.problem_list(None), file=sys.stderr)
+        if args.dry_run:
+            return 0
+        if preview.problems and not args.skip_bad_rows:
+            print("Nothing saved: fix the rows above, or add --skip-bad-rows.", file=sys.stderr)
+            return 2
+        info = save_dataset(db, args.name, preview, skip_bad_rows=args.skip_bad_rows,
+                            validation_fraction=args.validation_fraction, seed=args.seed)
+        print(f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation.")
+        return 0
+    if not args.name:
+        print(f"datasets {args.action} needs --name.", file=sys.stderr)
+        return 2
+    if args.action == "generate":
+        if not args.collection:
+            print("datasets generate needs --collection.", file=sys.stderr)
+            return 2
+        if args.kind == "text":
+            info = generate_text_dataset(db, args.name, args.collection, max_chunks=args.max_chunks,
+                                         validation_fraction=args.validation_fraction, seed=args.seed)
+            print(f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation passages.")
+        else:
+            report = generate_qa_dataset(db, args.name, args.collection, model_id=args.model, max_chunks=args.max_chunks,
+                                         validation_fraction=args.validation_fraction, seed=args.seed,
+                                         progress=lambda f: print(f"\r{f:.0%}", end="", file=sys.stderr, flush=True))
+            print(file=sys.stderr)
+            print(report.message)
+    elif args.action == "show":
+        examples = list_examples(db, args.name, limit=args.limit)
+        _print_json([asdict(e) for e in examples])
+    elif args.action == "split":
+        info = split_dataset(db, args.name, args.validation_fraction, args.seed)
+        print(f"{info.name!r}: {info.train_count} train, {info.validation_count} validation.")
+    elif args.action == "delete":
+        if not args.yes:
+            print(f"This deletes {args.name!r} and its examples. Add --yes to confirm.", file=sys.stderr)
+            return 2
+        print(f"Deleted {args.name!r} ({delete_dataset(db, args.name)} examples).")
+    return 0
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -382,6 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("action", choices=("list", "prepare"))
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=cmd_models)
+
+    datasets = commands.add_parser("datasets", help="training data: import, generate, list, show, split, delete")
+    datasets.add_argument("action", choices=("list", "import", "generate", "show", "split", "delete"))
+    datasets.add_argument("file", nargs="?", help="import: JSONL, JSON or CSV file")
+    datasets.add_argument("--name")
+    datasets.add_argument("--collection", help="generate: the collection to write pairs from")
+    datasets.add_argument("--kind", choices=("qa", "text"), default="qa", help="generate: Q/A pairs or plain text")
+    datasets.add_argument("--model", help="tokenizer for length checks / model that writes pairs")
+    datasets.add_argument("--max-tokens", type=int, default=1024, help="import: longest example, chat template included")
+    datasets.add_argument("--max-chunks", type=int, default=50)
+    datasets.add_argument("--skip-bad-rows", action="store_true")
+    datasets.add_argument("--dry-run", action="store_true", help="import: preview only")
+    datasets.add_argument("--validation-fraction", type=float, default=0.1)
+    datasets.add_argument("--seed", type=int, default=0)
+    datasets.add_argument("--limit", type=int, default=20)
+    datasets.add_argument("--yes", action="store_true")
+    datasets.add_argument("--json", action="store_true")
+    datasets.set_defaults(handler=cmd_datasets)
 
     from core.training.spec import PRESETS
 

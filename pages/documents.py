@@ -7,7 +7,7 @@ from core.embeddings import EmbeddingModelError
 from core.ingest import ingest_bytes
 from core.library import LibraryError, delete_collection, delete_document, document_chunks, list_documents, reembed_collection
 from core.store import SEARCH_MODES, QueryError, search
-from core.ui.format import documents_table, hit_location, hit_scores
+from core.ui.format import documents_table, hit_location, hit_scores, plural
 from core.ui.resources import database
 from core.ui.widgets import collection_picker
 
@@ -54,19 +54,22 @@ with library_tab:
     if not documents:
         st.info("No documents in this collection yet: add some in the Upload tab.")
     else:
-        st.dataframe(documents_table(documents), hide_index=True, width="stretch")
+        st.dataframe(
+            documents_table(documents), hide_index=True, width="stretch",
+            column_config={"pages": st.column_config.TextColumn(alignment="right")},  # "—" when a file has no pages
+        )
         chosen = st.selectbox(
-            "Document", documents, format_func=lambda d: f"{d.filename} · {d.chunk_count} chunks", key="chosen_document"
+            "Document", documents, format_func=lambda d: f"{d.filename} · {plural(d.chunk_count, 'chunk')}", key="chosen_document"
         )
         with st.expander(f"Chunks of {chosen.filename}"):
             for chunk in document_chunks(db, chosen.id, limit=100):
                 where = f"page {chunk.page}" if chunk.page else (chunk.heading or "")
-                st.caption(f"#{chunk.ordinal + 1} · {where} · {chunk.token_count} tokens · chars {chunk.char_start}–{chunk.char_end}")
+                st.caption(f"#{chunk.ordinal + 1} · {where} · {plural(chunk.token_count, 'token')} · chars {chunk.char_start}–{chunk.char_end}")
                 st.text(chunk.text)
             if chosen.chunk_count > 100:
-                st.caption(f"First 100 of {chosen.chunk_count} chunks.")
+                st.caption(f"First 100 of {plural(chosen.chunk_count, 'chunk')}.")
         with st.popover("Delete document", icon=":material/delete:"):
-            st.write(f"Delete **{chosen.filename}** and its {chosen.chunk_count} chunks?")
+            st.write(f"Delete **{chosen.filename}** and its {plural(chosen.chunk_count, 'chunk')}?")
             if st.button("Delete", type="primary", key="confirm_delete_document"):
                 delete_document(db, chosen.id)
                 st.toast(f"Deleted {chosen.filename}")
@@ -75,7 +78,7 @@ with library_tab:
     with st.expander("Collection settings"):
         st.markdown(
             f"Embedding model `{collection.embedding_model}` ({collection.embedding_dim} dimensions) · "
-            f"chunks of {collection.chunk_tokens} tokens, overlap {collection.chunk_overlap}"
+            f"chunks of {plural(collection.chunk_tokens, 'token')}, overlap {collection.chunk_overlap}"
         )
         new_model = st.text_input("Re-embed with another model", placeholder="sentence-transformers id or folder")
         if st.button("Re-embed collection", disabled=not new_model):
@@ -87,7 +90,7 @@ with library_tab:
             else:
                 st.rerun()
         with st.popover("Delete collection", icon=":material/delete_forever:"):
-            st.write(f"Delete **{collection.name}** with all {collection.document_count} documents?")
+            st.write(f"Delete **{collection.name}** and its {plural(collection.document_count, 'document')}?")
             if st.button("Delete collection", type="primary", key="confirm_delete_collection"):
                 delete_collection(db, collection.name)
                 st.rerun()

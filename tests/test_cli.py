@@ -67,3 +67,21 @@ def test_module_entry_point_runs(settings):
     )
     assert result.returncode == 0, result.stderr
     assert "schema revision 0002" in result.stdout
+
+
+def test_datasets_import_and_list(settings, tmp_path, capsys, tiny_llama):
+    rows = [{"prompt": "what opens at 3 bar ?", "completion": "the relief valve"},
+            {"prompt": "when are bearings checked ?", "completion": ""}]
+    path = tmp_path / "facts.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["datasets", "import", str(path), "--name", "cli-facts", "--model", tiny_llama]) == 2
+    out, err = capsys.readouterr()
+    assert "line 2: empty answer" in err and "Nothing saved" in err
+    assert main(["datasets", "import", str(path), "--name", "cli-facts", "--model", tiny_llama, "--skip-bad-rows"]) == 0
+    assert "Saved 'cli-facts'" in capsys.readouterr().out
+    assert main(["datasets", "list", "--json"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)] == ["cli-facts"]
+    assert main(["train", "--dataset", "nope", "--adapter", "a1", "--model", tiny_llama]) == 2
+    assert "No dataset named 'nope'" in capsys.readouterr().err
+    assert main(["jobs", "cancel", "4242"]) == 2
+    assert "No job 4242" in capsys.readouterr().err

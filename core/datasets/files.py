@@ -1,0 +1,213 @@
+"""Bytes of an uploaded training file to records: decoded (UTF-8, else the encoding
+charset-normalizer recognizes), typed (JSON Lines, one JSON array, or CSV), and split into rows
+that each remember the line an editor shows for them, so every problem can name its line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal
+
+from core.datasets.errors import DatasetError
+
+FileType = Literal["jsonl", "json", "csv"]
+FILE_TYPE_LABELS: dict[str, str] = {"jsonl": "JSON Lines", "json": "a JSON array", "csv": "CSV"}
+
+
+@dataclass(frozen=True)
+class Record:
+    row: int  # the line an editor shows: JSON Lines line, or CSV line with the header as line 1
+    fields: dict | None  # keys lower-cased; None when the row could not even be read
+    problem: str | None = None
+
+
+def read_records(filename: str, data: bytes) -> tuple[FileType, str, list[str], list[Record]]:
+    """(file type, encoding, column names in order of appearance, records); raises DatasetError for
+    a file that is unusable as a whole."""
+    text, encoding = decode(filename, data)
+    file_type = file_type_of(filename, text)
+    columns, records = _READERS[file_type](filename, text)
+    if not records:
+        raise DatasetError(f"{filename} has no rows to import.")
+    return file_type, encoding, columns, records
+
+
+# --- bytes to text ----------------------------------------------------------------------------
+
+
+def decode(filename: str, data: bytes) -> tuple[str, str]:
+    """(text, encoding): UTF-8 as most tools write it, else whatever charset-normalizer recognizes."""
+    if not data.strip():
+        raise DatasetError(f"{filename} is empty: there are no rows to import.")
+    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding), encoding
+            except UnicodeDecodeError:
+                break
+    if b"\x00" not in data[:8192]:  # NUL bytes: UTF-16 without a mark, or a binary file
+        try:
+            return data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            pass
+    from charset_normalizer import from_bytes
+
+    # Short texts decode cleanly in many code pages (charset-normalizer may not even offer cp1252 for
+    # French); among equally clean readings prefer the Western ones most exports use.
+    matches = [*from_bytes(data), *from_bytes(data, cp_isolation=list(_WESTERN))]
+    best = min(matches, key=lambda m: (round(m.chaos, 2), m.encoding not in _WESTERN)) if matches else None
+    if best is None or _looks_binary(str(best)):
+        raise DatasetError(
+            f"{filename} is not text: it is not UTF-8 and not in any other encoding we recognize (a spreadsheet "
+            "or another binary file?). Save it as UTF-8 JSON Lines or CSV and try again."
+        )
+    return str(best), best.encoding
+
+
+_WESTERN = ("cp1252", "latin_1", "iso8859_15")
+
+
+def _looks_binary(text: str) -> bool:
+    sample = text[:20000]
+    control = sum(1 for ch in sample if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f\v")
+    return "\x00" in sample or control > 0.02 * max(len(sample), 1)
+
+
+def file_type_of(filename: str, text: str) -> FileType:
+    """By extension; a JSON array is recognized whatever the name, and unknown names are sniffed."""
+    extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+    start = text.lstrip("\ufeff \t\r\n")[:1]
+    if extension in ("csv", "tsv"):
+        return "csv"
+    if start == "[":
+        return "json"
+    if extension in ("jsonl", "ndjson", "json") or start == "{":
+        return "jsonl"
+    return "csv"
+
+
+# --- text to records --------------------------------------------------------------------------
+
+
+def _read_jsonl(filename: str, text: str) -> tuple[list[str], list[Record]]:
+    columns: dict[str, None] = {}
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            records.append(Record(number, None, f"invalid JSON ({error.msg} at column {error.colno})"))
+            continue
+        records.append(_object_record(number, value, columns))
+    return list(columns), records
+
+
+def _read_json_array(filename: str, text: str) -> tuple[list[str], list[Record]]:
+    """One JSON array of objects (how Alpaca itself ships); each item is numbered by its first line."""
+    decoder = json.JSONDecoder()
+    columns: dict[str, None] = {}
+    records = []
+    line_of = _LineCounter(text)
+    position = _skip_space(text, text.index("[") + 1)
+    while position < len(text) and text[position] != "]":
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as error:
+            raise DatasetError(
+                f"{filename}: line {error.lineno}: invalid JSON ({error.msg} at column {error.colno}); "
+                "nothing after it can be read. Fix the file (or save it as JSON Lines) and try again."
+            ) from error
+        records.append(_object_record(line_of(position), value, columns))
+        position = _skip_space(text, end)
+        if text[position : position + 1] == ",":
+            position = _skip_space(text, position + 1)
+        elif text[position : position + 1] != "]":
+            raise DatasetError(f"{filename}: line {line_of(position)}: expected ',' or ']' between the items of the JSON array.")
+    if position >= len(text):
+        raise DatasetError(f"{filename}: the JSON array is not closed with ']'; the file may be cut short.")
+    return list(columns), records
+
+
+class _LineCounter:
+    """Line numbers of increasing offsets, counted once (a large array stays linear)."""
+
+    def __init__(self, text: str):
+        self.text, self.offset, self.line = text, 0, 1
+
+    def __call__(self, position: int) -> int:
+        self.line += self.text.count("\n", self.offset, position)
+        self.offset = position
+        return self.line
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _object_record(row: int, value, columns: dict[str, None]) -> Record:
+    if not isinstance(value, dict):
+        return Record(row, None, f"expected a JSON object like {{\"messages\": [...]}}, found {json_kind(value)}")
+    fields = {str(key).strip().lower(): item for key, item in value.items()}
+    columns.update(dict.fromkeys(fields))
+    return Record(row, fields)
+
+
+def _read_csv(filename: str, text: str) -> tuple[list[str], list[Record]]:
+    """Rows keyed by the (lower-cased) header; a row is numbered by the line it starts on."""
+    csv.field_size_limit(max(csv.field_size_limit(), 64 * 2**20))  # long answers are normal here
+    first_line = next((line for line in text.split("\n") if line.strip()), "")
+    delimiter = "\t" if filename.lower().endswith(".tsv") else max(",;\t", key=first_line.count)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    header: list[str] | None = None
+    records: list[Record] = []
+    previous_line = 0
+    try:
+        for cells in reader:
+            row, previous_line = previous_line + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            if header is None:
+                header = _csv_header(filename, cells)
+            elif len(cells) > len(header) and any(cell.strip() for cell in cells[len(header):]):
+                records.append(Record(row, None, f"{len(cells)} values but the header names {len(header)} columns "
+                                                  f"(a value containing '{delimiter}' without quotes around it?)"))
+            else:
+                records.append(Record(row, {name: cell for name, cell in zip(header, cells, strict=False) if name}))
+    except csv.Error as error:
+        raise DatasetError(f"{filename}: line {reader.line_num}: not valid CSV ({error}). Check the quoting and export it again.") from error
+    if header is not None and not records:
+        raise DatasetError(f"{filename} has a header row but no data rows.")
+    return [name for name in header or [] if name], records
+
+
+def _csv_header(filename: str, cells: list[str]) -> list[str]:
+    header = [cell.strip().lstrip("\ufeff").lower() for cell in cells]
+    duplicates = sorted({name for name in header if name and header.count(name) > 1})
+    if duplicates:
+        raise DatasetError(f"{filename}: the header has more than one column named {duplicates[0]!r}; rename one.")
+    return header
+
+
+_READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "csv": _read_csv}
+
+
+def json_kind(value) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "true/false"
+    if value is None:
+        return "null"
+    return "a number"

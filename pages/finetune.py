@@ -1,0 +1,120 @@
+"""Fine-tune: start a LoRA or QLoRA job on a training set, watch it live, keep the adapters."""
+
+from datetime import datetime
+
+import streamlit as st
+
+from core.config import get_settings
+from core.datasets import list_datasets
+from core.models import PRESETS as MODEL_PRESETS
+from core.models.registry import list_adapters
+from core.training.adapters import adapter_record, merge_adapter, zip_adapter
+from core.training.jobs import JobError, list_jobs
+from core.training.spec import PRESETS
+from core.training.submit import plan_job, submit_job
+from core.training.worker import ensure_local_worker
+from core.ui.resources import database
+from core.ui.training import job_view, settings_form
+
+settings = get_settings()
+db = database()
+st.title("Fine-tune")
+# Start switches to the Jobs tab: a widget's state cannot be set once it exists, so through `default`.
+new_tab, jobs_tab, adapters_tab = st.tabs(["New job", "Jobs", "Adapters"], key="finetune_tab", on_change="rerun",
+                                          default=st.session_state.pop("ft_open_tab", None) or st.session_state.get("finetune_tab"))
+
+
+
+def new_job() -> None:
+    datasets = [d.name for d in list_datasets(db)]
+    if not datasets:
+        st.info("No training data yet: create a training set on the Training data page first.")
+    else:
+        left, right = st.columns(2)
+        dataset = left.selectbox("Training set", datasets, key="ft_dataset")
+        model_ids = [p.model_id for p in MODEL_PRESETS]
+        base_model = right.selectbox("Base model", [*model_ids, "Other…"], key="ft_model",
+                                     format_func=lambda m: next((p.label for p in MODEL_PRESETS if p.model_id == m), m))
+        if base_model == "Other…":
+            base_model = right.text_input("Model id or folder", key="ft_model_other")
+        preset_name = st.radio("Preset", list(PRESETS), horizontal=True, key="ft_preset",
+                               captions=[p.description for p in PRESETS.values()])
+        preset = PRESETS[preset_name]
+        method = st.radio("Method", ["lora", "qlora"], index=["lora", "qlora"].index(preset.method), horizontal=True,
+                          key=f"ft_method_{preset_name}", format_func=lambda m: {"lora": "LoRA", "qlora": "QLoRA (4-bit)"}[m])
+        with st.expander("Settings", expanded=False):
+            training_settings = settings_form(preset.settings, key=f"ft_{preset_name}")
+        adapter_name = st.text_input("Adapter name", value=f"{dataset}-{method}-{datetime.now():%m%d-%H%M}",
+                                     key="ft_adapter_name", help="The Ask page lists the adapter under this name.")
+        try:
+            plan = plan_job(db, dataset=dataset, base_model=base_model, method=method, settings=training_settings)
+        except (JobError, ValueError) as error:
+            st.error(str(error))
+            plan = None
+        if plan is not None:
+            e = plan.estimate
+            st.caption(f"Estimate: {e.steps} steps on the {e.device}, about {e.seconds / 60:.0f} min, "
+                       f"peak memory about {e.peak_memory_bytes / 2**20:,.0f} MB of {e.available_memory_bytes / 2**20:,.0f} MB free "
+                       f"({plan.examples} examples, {plan.mean_tokens:.0f} tokens on average).")
+            if e.warning:
+                st.warning(e.warning)
+            if st.button("Start", type="primary", key="ft_start", icon=":material/rocket_launch:"):
+                try:
+                    job = submit_job(db, adapter_name=adapter_name, dataset=dataset, base_model=base_model,
+                                     method=method, settings=training_settings)
+                except (JobError, ValueError) as error:
+                    st.error(str(error))
+                else:
+                    ensure_local_worker(db)
+                    st.session_state["ft_selected_job"] = job.id
+                    st.session_state["ft_open_tab"] = "Jobs"
+                    st.rerun()
+
+
+
+def jobs() -> None:
+    all_jobs = list_jobs(db)
+    if not all_jobs:
+        st.info("No jobs yet: start one in the New job tab.")
+    else:
+        st.dataframe(
+            [{"id": j.id, "status": j.status, "adapter": j.adapter_name, "method": j.method, "dataset": j.dataset_name,
+              "step": f"{j.progress['step']}/{j.progress['max_steps']}" if j.progress else "",
+              "started": j.started_at.strftime("%Y-%m-%d %H:%M") if j.started_at else "", "host": j.host or ""}
+             for j in all_jobs],
+            hide_index=True, width="stretch",
+        )
+        ids = [j.id for j in all_jobs]
+        if st.session_state.get("ft_selected_job") not in ids:
+            st.session_state["ft_selected_job"] = ids[0]
+        chosen = st.selectbox("Job", ids, key="ft_selected_job",
+                              format_func=lambda i: next(f"#{j.id} {j.adapter_name} ({j.status})" for j in all_jobs if j.id == i))
+        job_view(db, chosen)
+
+
+
+def adapters() -> None:
+    found = list_adapters()
+    if not found:
+        st.info("Adapters appear here when a job succeeds; the Ask page can use them at once.")
+    for adapter in found:
+        record = adapter_record(adapter.name)
+        with st.container(border=True):
+            st.markdown(f"**{adapter.name}** · base `{adapter.base_model}`")
+            metrics = record.get("metrics") or {}
+            if metrics:
+                st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float)))
+            left, right = st.columns(2)
+            left.download_button("Download (zip)", data=zip_adapter(adapter.name), file_name=f"{adapter.name}.zip",
+                                 mime="application/zip", key=f"download_{adapter.name}", icon=":material/download:")
+            if right.button("Merge into the base model and export", key=f"merge_{adapter.name}"):
+                with st.spinner("Merging…"):
+                    folder = merge_adapter(adapter.name)
+                st.success(f"Merged model (safetensors) saved in {folder}")
+
+
+# Only the open tab runs: the estimate reads the model's config and the data, the job view polls.
+for tab, render in ((new_tab, new_job), (jobs_tab, jobs), (adapters_tab, adapters)):
+    if tab.open:
+        with tab:
+            render()

@@ -1,0 +1,139 @@
+"""Training data: import question/answer files or generate pairs from a collection, check them,
+edit or drop examples, and see the train/validation split that fine-tuning will use."""
+
+import json
+
+import streamlit as st
+
+from core.config import get_settings
+from core.datasets import (
+    DatasetError,
+    delete_dataset,
+    delete_examples,
+    generate_qa_dataset,
+    generate_text_dataset,
+    list_datasets,
+    list_examples,
+    preview_dataset,
+    save_dataset,
+    update_example,
+)
+from core.library import list_collections
+from core.models import ModelNotAvailable
+from core.ui.resources import database
+
+ERRORS = (DatasetError, ModelNotAvailable, ValueError)
+settings = get_settings()
+db = database()
+st.title("Training data")
+import_tab, generate_tab, browse_tab = st.tabs(["Import a file", "Generate from documents", "Browse and edit"],
+                                               key="training_data_tab", on_change="rerun")
+
+
+def import_file() -> None:
+    st.caption("JSONL, JSON or CSV with chat `messages`, Alpaca `instruction`/`input`/`output`, or `prompt`/`completion`.")
+    upload = st.file_uploader("Training file", type=["jsonl", "json", "csv"], key="td_file")
+    max_tokens = st.number_input("Longest example (tokens, chat template included)", 32, 32768, 1024, 32, key="td_max")
+    if upload is None:
+        return
+    try:
+        preview = preview_dataset(upload.name, upload.getvalue(), max_tokens=int(max_tokens))
+    except ERRORS as error:
+        st.error(str(error))
+        return
+    st.markdown(preview.summary)
+    for note in preview.notes:
+        st.info(note)
+    if preview.problems:
+        st.warning("Rows that will not be saved:\n\n" + preview.problem_list(limit=50).replace("\n", "  \n"))
+    lengths = preview.lengths
+    if lengths.count:
+        st.caption(f"Tokens per example: min {lengths.min}, median {lengths.p50}, p90 {lengths.p90}, p95 {lengths.p95}, "
+                   f"max {lengths.max} (limit {preview.max_tokens})")
+        st.bar_chart({"tokens": lengths.lengths}, x_label="example", y_label="tokens", height=180)
+    st.dataframe([{"row": e.row, "tokens": e.tokens, **{m["role"]: m["content"] for m in e.messages}}
+                  for e in preview.examples[:20]], hide_index=True, width="stretch")
+    name = st.text_input("Dataset name", value=upload.name.rsplit(".", 1)[0], key="td_import_name")
+    skip = st.checkbox(f"Save without the {len(preview.problems)} bad rows", key="td_skip") if preview.problems else False
+    if st.button("Save dataset", type="primary", key="td_save", disabled=not preview.examples):
+        try:
+            info = save_dataset(db, name, preview, skip_bad_rows=skip)
+        except ERRORS as error:
+            st.error(str(error))
+        else:
+            st.success(f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation examples.")
+
+
+def generate() -> None:
+    collections = [c.name for c in list_collections(db) if c.document_count]
+    if not collections:
+        st.info("Upload documents on the Documents page first: pairs are written from their passages.")
+        return
+    collection = st.selectbox("Collection", collections, key="td_collection")
+    kind = st.radio("Make", ["question/answer pairs", "plain text (continued pre-training)"], horizontal=True, key="td_kind",
+                    help="Pairs are written by the language model from each passage; plain text uses the passages as they are.")
+    max_chunks = st.number_input("Passages to use (spread over the collection)", 1, 100_000, 20, key="td_chunks")
+    name = st.text_input("Dataset name", value=f"{collection}-{'qa' if kind.startswith('question') else 'text'}",
+                         key="td_generate_name")
+    if not st.button("Generate", type="primary", key="td_generate"):
+        return
+    bar = st.progress(0.0, text="Writing pairs…")
+    try:
+        if kind.startswith("question"):
+            report = generate_qa_dataset(db, name, collection, max_chunks=int(max_chunks),
+                                         progress=lambda f: bar.progress(f, text="Writing pairs…"))
+            message = report.message
+        else:
+            info = generate_text_dataset(db, name, collection, max_chunks=int(max_chunks))
+            message = f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation passages."
+    except ERRORS as error:
+        bar.empty()
+        st.error(str(error))
+        return
+    bar.empty()
+    st.success(message)
+
+
+def browse() -> None:
+    datasets = list_datasets(db)
+    if not datasets:
+        st.info("No training sets yet: import a file or generate one.")
+        return
+    st.dataframe([{"name": d.name, "kind": d.kind, "source": d.source, "train": d.train_count,
+                   "validation": d.validation_count, "collection": d.collection} for d in datasets],
+                 hide_index=True, width="stretch")
+    chosen = st.selectbox("Training set", [d.name for d in datasets], key="td_browse")
+    examples = list_examples(db, chosen, limit=200)
+    st.caption("Edit an example's JSON and save it, or tick examples and drop them. "
+               "The split keeps every document on one side only.")
+    for example in examples:
+        source = example.filename or (f"line {example.source_row}" if example.source_row else "")
+        with st.expander(f"#{example.ordinal + 1} · {example.split} · {source}"):
+            if example.messages is not None:
+                edited = st.text_area("Messages (JSON)", json.dumps(example.messages, indent=1, ensure_ascii=False),
+                                      key=f"td_edit_{example.id}", height=160)
+                if st.button("Save", key=f"td_save_{example.id}"):
+                    try:
+                        update_example(db, example.id, json.loads(edited))
+                    except (json.JSONDecodeError, *ERRORS) as error:
+                        st.error(f"Not saved: {error}")
+                    else:
+                        st.toast("Saved")
+            else:
+                st.text(example.text)
+            st.checkbox("Drop this example", key=f"td_drop_{example.id}")
+    marked = [e.id for e in examples if st.session_state.get(f"td_drop_{e.id}")]
+    left, right = st.columns(2)
+    if left.button(f"Drop {len(marked)} marked examples", disabled=not marked, key="td_drop"):
+        delete_examples(db, marked)
+        st.rerun()
+    with right.popover("Delete training set", icon=":material/delete:"):
+        if st.button(f"Delete {chosen!r}", type="primary", key="td_delete"):
+            delete_dataset(db, chosen)
+            st.rerun()
+
+
+for tab, render in ((import_tab, import_file), (generate_tab, generate), (browse_tab, browse)):
+    if tab.open:
+        with tab:
+            render()
