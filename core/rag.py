@@ -192,6 +192,7 @@ def ask(
     use_rag: bool = True,
     adapter: str | None = None,
     model_id: str | None = None,
+    load_in_4bit: bool | None = None,
     max_new_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -205,7 +206,7 @@ def ask(
     if not question:
         raise QuestionError("Type a question first.")
     max_new_tokens = max_new_tokens or settings.max_new_tokens
-    loaded = load_model(model_id, settings=settings)
+    loaded = load_model(model_id, load_in_4bit=load_in_4bit, settings=settings)
     adapter = adapter or NO_ADAPTER
     adapter_path = find_adapter(adapter, settings).path if adapter != NO_ADAPTER else None
     question_tokens = count_chat_tokens(loaded, [{"role": "user", "content": question}])

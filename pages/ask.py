@@ -35,10 +35,10 @@ with st.expander("Model and generation settings"):
                              key="ask_model_other") if choice == OTHER_MODEL else choice
     four_bit = st.checkbox("Load in 4 bits (bitsandbytes NF4)", value=settings.load_in_4bit, key="ask_4bit")
     c1, c2, c3 = st.columns(3)
-    temperature = c1.slider("Temperature", 0.0, 1.5, settings.temperature, 0.05, key="ask_temperature",
+    temperature = c1.slider("Temperature", 0.0, 2.0, settings.temperature, 0.05, key="ask_temperature",
                             help="0 answers greedily: the same question gives the same answer.")
     top_p = c2.slider("Top-p", 0.05, 1.0, settings.top_p, 0.05, key="ask_top_p")
-    max_new_tokens = c3.number_input("Max new tokens", 16, 4096, settings.max_new_tokens, 16, key="ask_max_new_tokens")
+    max_new_tokens = c3.number_input("Max new tokens", 1, 8192, settings.max_new_tokens, 16, key="ask_max_new_tokens")
 
 try:
     loaded = language_model(model_id, four_bit)
@@ -64,7 +64,7 @@ if question:
     with st.chat_message("assistant"):
         try:
             answer = ask(db, question, collection=collection if collections else None, use_rag=use_rag, adapter=adapter,
-                         model_id=model_id, max_new_tokens=int(max_new_tokens), temperature=temperature, top_p=top_p)
+                         model_id=model_id, load_in_4bit=four_bit, max_new_tokens=int(max_new_tokens), temperature=temperature, top_p=top_p)
         except ERRORS as error:
             st.error(str(error))
             st.stop()

@@ -144,3 +144,14 @@ def test_missing_and_corrupt_models_give_clear_messages(tmp_path):
     (corrupt / "config.json").write_text(json.dumps({"model_type": "no-such-architecture"}))
     with pytest.raises(ModelNotAvailable):
         load_model(str(corrupt))
+
+
+def test_abandoned_stream_frees_the_model(tmp_path):
+    loaded = fresh_model(tmp_path, "llama")
+    bias_output_towards(loaded, "hello")
+    generation = stream_chat(loaded, QUESTION, max_new_tokens=5000)
+    stream = iter(generation)
+    next(stream)
+    stream.close()  # the reader goes away after the first piece
+    assert loaded.lock.acquire(timeout=10), "generation kept the model after its reader left"
+    loaded.lock.release()

@@ -73,7 +73,7 @@ class Generation:
 
     def __iter__(self) -> Iterator[str]:
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         loaded = self.loaded
         stats = self.stats
@@ -104,6 +104,16 @@ class Generation:
         else:  # greedy: clear sampling defaults a model's generation_config may carry
             kwargs.update(temperature=None, top_p=None, top_k=None)
 
+        abandoned = threading.Event()
+
+        class StopWhenAbandoned(StoppingCriteria):
+            """The reader went away (new question, closed page): free the model instead of finishing."""
+
+            def __call__(self, input_ids, scores, **kwargs):
+                return abandoned.is_set()
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenAbandoned()])
+
         def run() -> None:
             try:
                 with loaded.lock, torch.inference_mode(), _adapter_active(loaded, self.adapter, self.adapter_path):
@@ -117,10 +127,13 @@ class Generation:
         started = time.perf_counter()
         worker = threading.Thread(target=run, daemon=True, name="generate")
         worker.start()
-        for piece in streamer:
-            if piece:
-                self.text += piece
-                yield piece
+        try:
+            for piece in streamer:
+                if piece:
+                    self.text += piece
+                    yield piece
+        finally:
+            abandoned.set()  # no-op when generation already ended; stops it when the caller stopped reading
         worker.join()
         stats.seconds = time.perf_counter() - started
         if self.error is not None:
