@@ -88,7 +88,7 @@ def jobs() -> None:
         if st.session_state.get("ft_selected_job") not in ids:
             st.session_state["ft_selected_job"] = ids[0]
         chosen = st.selectbox("Job", ids, key="ft_selected_job",
-                              format_func=lambda i: next(f"#{j.id} {j.adapter_name} ({j.status})" for j in all_jobs if j.id == i))
+                              format_func=lambda i: next(f"#{j.id} {j.adapter_name}" for j in all_jobs if j.id == i))
         job_view(db, chosen)
 
 

@@ -23,6 +23,11 @@ fi
 
 PYTHON=.venv/bin/python bash scripts/ensure-pgvector.sh
 
+# The app's first answer would otherwise wait for the bundled GGUF to be converted (about a minute).
+if ! $with_tests; then
+  .venv/bin/python -m core models prepare >/dev/null
+fi
+
 if $with_tests && [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
