@@ -52,6 +52,17 @@ def prepare(corpus: list[dict], embedder, settings: Settings, target_chunks: int
     return files, per_doc_texts
 
 
+def padded_tokens(embedder, batches: list[list[str]], batch_size: int) -> int:
+    """Tokens the model computes for these calls, padding included: sentence-transformers sorts each
+    call's texts by length and pads every batch of `batch_size` to its longest text."""
+    limit = int(embedder.model.get_max_seq_length())
+    total = 0
+    for texts in batches:
+        lengths = [min(n + 2, limit) for n in embedder.count_tokens(sorted(texts, key=len, reverse=True))]
+        total += sum(len(lengths[i : i + batch_size]) * max(lengths[i : i + batch_size]) for i in range(0, len(lengths), batch_size))
+    return total
+
+
 def run_pipeline(db, collection: str, files, settings: Settings) -> tuple[float, dict[str, float], int]:
     """Ingest every file; wall time, seconds per stage (from the progress callback), chunks stored."""
     stages = dict.fromkeys(("checks", "parse+chunk", "embed", "store", "after"), 0.0)
@@ -130,12 +141,17 @@ def main() -> int:
             print(f"  repeat {repeat + 1}, side {side}: {times[side][-1]:.1f} s", flush=True)
 
     a, b = median(times["a"]), median(times["b"])
-    rows = [[f"(a) embedding alone, all chunks in batches of {batch}", f"{a:.1f}", f"{len(texts) / a:.1f}", "1.00"]]
+    real = sum(min(n + 2, int(embedder.model.get_max_seq_length())) for n in embedder.count_tokens(texts))
+    across, per_file = padded_tokens(embedder, [texts], batch), padded_tokens(embedder, per_doc, batch)
+    rows = [[f"(a) embedding alone, all chunks in batches of {batch}", f"{a:.1f}", f"{len(texts) / a:.1f}", "1.00",
+             f"{across:,} ({across / real:.2f})"]]
     if times["a'"]:
         a1 = median(times["a'"])
-        rows.append(["(a') embedding alone, one call per document", f"{a1:.1f}", f"{len(texts) / a1:.1f}", f"{a1 / a:.2f}"])
-    rows.append(["(b) whole pipeline, ingest_bytes per file", f"{b:.1f}", f"{len(texts) / b:.1f}", f"{b / a:.2f}"])
-    print("\n" + table(["side", "seconds (median)", "chunks/s", "time ratio vs (a)"], rows))
+        rows.append(["(a') embedding alone, one call per document", f"{a1:.1f}", f"{len(texts) / a1:.1f}", f"{a1 / a:.2f}",
+                     f"{per_file:,} ({per_file / real:.2f})"])
+    rows.append(["(b) whole pipeline, ingest_bytes per file", f"{b:.1f}", f"{len(texts) / b:.1f}", f"{b / a:.2f}",
+                 f"{per_file:,} ({per_file / real:.2f})"])
+    print("\n" + table(["side", "seconds (median)", "chunks/s", "time ratio vs (a)", "tokens computed, padding incl. (x real)"], rows))
     verdict = "meets" if b / a <= GOAL else "MISSES"
     print(f"\npipeline / embedding-alone time ratio: {b / a:.2f} ({verdict} the goal of <= {GOAL:.2f})")
 
