@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from core.config import Settings, get_settings
 from core.db import Database
 from core.db.tables import Chunk, Collection, Document
+from core.documents.chunking import embedding_text
 from core.embeddings import load_embedder
 
 
@@ -272,7 +273,7 @@ def reembed_collection(
         ).all()
         for start in range(0, len(rows), 512):
             batch = rows[start : start + 512]
-            vectors = embedder.embed([f"{h}\n{t}" if h else t for _, h, t in batch], batch_size=batch_size)
+            vectors = embedder.embed([embedding_text(h, t) for _, h, t in batch], batch_size=batch_size)
             connection.execute(
                 text("UPDATE chunks SET embedding = :e, embedding_dim = :d WHERE id = :id"),
                 [{"e": np.asarray(v), "d": embedder.dim, "id": row[0]} for row, v in zip(batch, vectors, strict=True)],

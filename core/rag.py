@@ -16,6 +16,7 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.library import LibraryError, get_collection
 from core.models import NO_ADAPTER, Generation, LoadedModel, count_chat_tokens, load_model, stream_chat
+from core.models.generation import fold_system_turn_if_refused
 from core.models.registry import find_adapter
 from core.store import SearchHit, search
 
@@ -66,17 +67,6 @@ def rag_messages(question: str, sources: list[Source]) -> list[dict]:
     ]
 
 
-def _template_safe(loaded: LoadedModel, messages: list[dict]) -> list[dict]:
-    """Some chat templates reject a system turn; fold it into the user's turn for those."""
-    try:
-        count_chat_tokens(loaded, messages)
-        return messages
-    except Exception:  # jinja2 TemplateError and friends, raised by the model's own template
-        if messages[0]["role"] != "system":
-            raise
-        return [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
-
-
 @dataclass
 class RagPrompt:
     messages: list[dict]
@@ -91,13 +81,13 @@ def fit_sources(loaded: LoadedModel, question: str, hits: list[SearchHit], *, ma
     sources: list[Source] = []
     for hit in hits:
         candidate = [*sources, Source.from_hit(len(sources) + 1, hit)]
-        if count_chat_tokens(loaded, _template_safe(loaded, rag_messages(question, candidate))) <= budget:
+        if count_chat_tokens(loaded, fold_system_turn_if_refused(loaded, rag_messages(question, candidate))) <= budget:
             sources = candidate
         elif not sources:  # the best passage alone is too long: keep as much of it as fits
             cut = _cut_to_fit(loaded, question, hit, budget)
             if cut is not None:
                 sources = [cut]
-    messages = _template_safe(loaded, rag_messages(question, sources))
+    messages = fold_system_turn_if_refused(loaded, rag_messages(question, sources))
     return RagPrompt(messages, sources, count_chat_tokens(loaded, messages), len(hits) - len(sources))
 
 
@@ -107,7 +97,7 @@ def _cut_to_fit(loaded: LoadedModel, question: str, hit: SearchHit, budget: int)
     while low <= high:  # the longest prefix that fits
         middle = (low + high) // 2
         source = Source.from_hit(1, hit, loaded.tokenizer.decode(ids[:middle]) + " …")
-        if count_chat_tokens(loaded, _template_safe(loaded, rag_messages(question, [source]))) <= budget:
+        if count_chat_tokens(loaded, fold_system_turn_if_refused(loaded, rag_messages(question, [source]))) <= budget:
             best, low = source, middle + 1
         else:
             high = middle - 1

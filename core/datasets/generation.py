@@ -180,10 +180,11 @@ def qa_messages(chunk_text: str) -> list[dict]:
 def fit_qa_prompt(loaded, chunk: ChunkText, budget: int) -> list[dict] | None:
     """The prompt for a chunk within `budget` tokens, the chunk cut short if need be (None: no room)."""
     from core.models import count_chat_tokens
+    from core.models.generation import fold_system_turn_if_refused
 
     body = f"{chunk.heading}\n{chunk.text}" if chunk.heading else chunk.text
     for _ in range(4):
-        messages = _template_safe(loaded, qa_messages(body))
+        messages = fold_system_turn_if_refused(loaded, qa_messages(body))
         over = count_chat_tokens(loaded, messages) - budget
         if over <= 0:
             return messages
@@ -193,18 +194,6 @@ def fit_qa_prompt(loaded, chunk: ChunkText, budget: int) -> list[dict] | None:
             return None
         body = loaded.tokenizer.decode(ids[:keep]) + " …"
     return None
-
-
-def _template_safe(loaded, messages: list[dict]) -> list[dict]:
-    """Some chat templates reject a system turn; fold it into the first user turn for those."""
-    from core.models import count_chat_tokens
-
-    try:
-        count_chat_tokens(loaded, messages)
-        return messages
-    except Exception:  # jinja2 TemplateError and friends, raised by the model's own template
-        system, first, *rest = messages
-        return [{"role": "user", "content": f"{system['content']}\n\n{first['content']}"}, *rest]
 
 
 _LABEL = re.compile(r"^[\s>#*_\-\d.)]*(question|answer|q|a)\s*[*_]*\s*[:：]\s*[*_]*\s*", re.IGNORECASE)

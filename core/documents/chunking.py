@@ -28,7 +28,12 @@ class ChunkDraft:
     def text_for_embedding(self) -> str:
         """The chunk with its heading path in front, so a passage deep in a section still carries
         what the section is about (the stored text stays exactly what the document says)."""
-        return f"{self.heading}\n{self.text}" if self.heading else self.text
+        return embedding_text(self.heading, self.text)
+
+
+def embedding_text(heading: str | None, text: str) -> str:
+    """What gets embedded for a chunk: its heading path, then its text."""
+    return f"{heading}\n{text}" if heading else text
 
 
 @lru_cache(maxsize=16)

@@ -58,6 +58,18 @@ def count_chat_tokens(loaded: LoadedModel, messages: list[dict]) -> int:
     return len(chat_prompt_ids(loaded, messages))
 
 
+def fold_system_turn_if_refused(loaded: LoadedModel, messages: list[dict]) -> list[dict]:
+    """Some chat templates reject a system turn; fold it into the first user turn for those."""
+    try:
+        chat_prompt_ids(loaded, messages)
+        return messages
+    except Exception:  # jinja2 TemplateError and friends, raised by the model's own template
+        if messages[0]["role"] != "system":
+            raise
+        system, first, *rest = messages
+        return [{"role": "user", "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+
+
 class Generation:
     """One streamed answer. Iterate once; `text` and `stats` are complete when iteration ends."""
 
