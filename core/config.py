@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling when temperature > 0.")
     rag_top_k: int = Field(default=5, ge=1, le=50, description="Passages retrieved for an answer.")
     rag_min_similarity: float = Field(
-        default=0.25, ge=-1.0, le=1.0,
+        default=0.25,
+        ge=-1.0,
+        le=1.0,
         description="Passages whose cosine similarity to the question is below this are not relevant.",
     )
     embedding_model: str = Field(
@@ -52,8 +54,13 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(default=2000, gt=0, description="Longest search query accepted, in characters.")
     search_candidates: int = Field(default=100, ge=1, description="Candidates each side of hybrid search ranks before fusion.")
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant: score = sum of 1 / (rrf_k + rank).")
-    hnsw_ef_search: int = Field(default=100, ge=1, le=1000, description="HNSW candidate list size at query time (recall vs speed).")
+    hnsw_ef_search: int = Field(
+        default=100, ge=1, le=1000, description="HNSW candidate list size at query time (recall vs speed)."
+    )
     embed_batch_size: int = Field(default=64, ge=1, description="Chunks embedded per forward pass.")
+    embed_group_chunks: int = Field(
+        default=512, ge=1, description="Chunks of several files embedded together in one length-sorted pass while ingesting."
+    )
 
     @property
     def embedded_database_dir(self) -> Path:

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.documents.parsing import SUPPORTED_TYPES
 from core.embeddings import EmbeddingModelError
-from core.ingest import ingest_bytes
+from core.ingest import ingest_files
 from core.library import LibraryError, delete_collection, delete_document, document_chunks, list_documents, reembed_collection
 from core.store import SEARCH_MODES, QueryError, search
 from core.ui.format import documents_table, hit_location, hit_scores, plural
@@ -21,7 +21,10 @@ tab_labels = ["Upload", f"Library ({collection.document_count})", "Search"]
 # The Library label carries a count, and a tab whose labels change would reopen on Upload: keep the open one.
 open_tab = str(st.session_state.get("documents_tab", "")).split(" (")[0]
 upload_tab, library_tab, search_tab = st.tabs(
-    tab_labels, key="documents_tab", on_change="rerun", default=next((t for t in tab_labels if t.split(" (")[0] == open_tab), None)
+    tab_labels,
+    key="documents_tab",
+    on_change="rerun",
+    default=next((t for t in tab_labels if t.split(" (")[0] == open_tab), None),
 )
 
 with upload_tab:
@@ -36,17 +39,18 @@ with upload_tab:
     if submitted and not files:
         st.warning("Choose one or more files first.")
     if submitted and files:
-        outcomes = []
-        for file in files:
-            bar = st.progress(0.0, text=f"{file.name}: waiting")
-            outcome = ingest_bytes(
-                db, collection.name, file.name, file.getvalue(), replace=replace,
-                progress=lambda stage, fraction, bar=bar, name=file.name: bar.progress(fraction, text=f"{name}: {STAGES[stage]}"),
-            )
+        bars = [st.progress(0.0, text=f"{file.name}: waiting") for file in files]
+        outcomes = ingest_files(
+            db,
+            collection.name,
+            [(file.name, file.getvalue) for file in files],
+            replace=replace,
+            progress=lambda i, stage, fraction: bars[i].progress(fraction, text=f"{files[i].name}: {STAGES[stage]}"),
+        )
+        for bar in bars:
             bar.empty()
-            outcomes.append((outcome.status, outcome.message))
         # Rerun so the Library count, the table and the sidebar include the new documents; the messages follow.
-        st.session_state["upload_outcomes"] = outcomes
+        st.session_state["upload_outcomes"] = [(outcome.status, outcome.message) for outcome in outcomes]
         st.rerun()
 
 with library_tab:
@@ -55,7 +59,9 @@ with library_tab:
         st.info("No documents in this collection yet: add some in the Upload tab.")
     else:
         st.dataframe(
-            documents_table(documents), hide_index=True, width="stretch",
+            documents_table(documents),
+            hide_index=True,
+            width="stretch",
             column_config={"pages": st.column_config.TextColumn(alignment="right")},  # "—" when a file has no pages
         )
         chosen = st.selectbox(
@@ -64,7 +70,9 @@ with library_tab:
         with st.expander(f"Chunks of {chosen.filename}"):
             for chunk in document_chunks(db, chosen.id, limit=100):
                 where = f"page {chunk.page}" if chunk.page else (chunk.heading or "")
-                st.caption(f"#{chunk.ordinal + 1} · {where} · {plural(chunk.token_count, 'token')} · chars {chunk.char_start}–{chunk.char_end}")
+                st.caption(
+                    f"#{chunk.ordinal + 1} · {where} · {plural(chunk.token_count, 'token')} · chars {chunk.char_start}–{chunk.char_end}"
+                )
                 st.text(chunk.text)
             if chosen.chunk_count > 100:
                 st.caption(f"First 100 of {plural(chosen.chunk_count, 'chunk')}.")

@@ -1,12 +1,15 @@
 """Ingestion into the real database: every format, dedup, replace, delete, and bad input that
 leaves no trace while the other files of the same upload go on."""
 
+import numpy as np
 import pytest
 import samples
 from sqlalchemy import text
 
 from core import ingest as ingest_module
-from core.ingest import ingest_bytes, ingest_paths
+from core.documents.chunking import embedding_text
+from core.embeddings import load_embedder
+from core.ingest import ingest_bytes, ingest_files, ingest_paths
 from core.library import (
     LibraryError,
     create_collection,
@@ -128,6 +131,88 @@ def test_a_failure_while_storing_rolls_back_the_document_row(db, collection, cou
     outcome = ingest_bytes(db, collection, "memo.txt", samples.TEXT.encode())
     assert outcome.status == "failed" and "disk full" in outcome.message
     assert counts() == before
+
+
+MANY_FILES = [
+    ("pumps.md", samples.MARKDOWN),
+    ("memo.txt", samples.TEXT.encode()),
+    ("valves.html", samples.HTML),
+    ("parts.csv", samples.CSV),
+    ("short.txt", b"The filter is changed every spring."),
+]
+
+
+def stored_vectors(db, document_id):
+    with db.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT heading, text, embedding FROM chunks WHERE document_id = :d ORDER BY ordinal"), {"d": document_id}
+        ).all()
+    return [(embedding_text(row.heading, row.text), row.embedding.to_numpy()) for row in rows]
+
+
+@pytest.mark.parametrize("group_chunks", [1, 10_000], ids=["file-by-file", "one-group"])
+def test_files_embedded_together_get_the_vectors_each_would_get_alone(db, collection, settings, group_chunks):
+    """Chunks of several files share embedding batches; each stored vector is still its own text's vector."""
+    grouped = settings.model_copy(update={"embed_group_chunks": group_chunks})
+    outcomes = ingest_files(db, collection, MANY_FILES, settings=grouped)
+    assert [(o.filename, o.status) for o in outcomes] == [(name, "added") for name, _ in MANY_FILES]
+    embedder = load_embedder()
+    for outcome in outcomes:
+        rows = stored_vectors(db, outcome.document_id)
+        assert len(rows) == outcome.chunks > 0
+        alone = embedder.embed([chunk_text for chunk_text, _ in rows])
+        for (chunk_text, vector), expected in zip(rows, alone, strict=True):
+            assert float(np.dot(vector, expected)) > 0.9999, (outcome.filename, chunk_text[:40])
+
+
+def test_one_upload_with_the_same_content_or_name_twice_stores_it_once(db, collection, counts):
+    before = counts()
+    outcomes = ingest_files(
+        db,
+        collection,
+        [
+            ("memo.txt", samples.TEXT.encode()),
+            ("copy.txt", samples.TEXT.encode()),
+            ("memo.txt", b"Another memo with the same name."),
+        ],
+    )
+    assert [o.status for o in outcomes] == ["added", "skipped", "skipped"]
+    assert "same content as 'memo.txt'" in outcomes[1].message and "--replace" in outcomes[2].message
+    assert counts() == (before[0] + 1, before[1] + outcomes[0].chunks)
+
+
+def test_progress_reaches_done_for_every_file_in_order_of_stages(db, collection):
+    seen: dict[int, list[str]] = {}
+    ingest_files(
+        db, collection, [*MANY_FILES[:2], ("empty.txt", b"")], progress=lambda i, stage, f: seen.setdefault(i, []).append(stage)
+    )
+    order = ["parse", "chunk", "embed", "store", "done"]
+    for position in (0, 1):
+        assert [s for s in order if s in seen[position]] == order
+        assert seen[position][-1] == "done"
+    assert seen[2][-1] == "done" and "embed" not in seen[2]  # the empty file fails while parsing; its bar still finishes
+
+
+def test_an_embedding_failure_fails_its_group_and_stores_nothing(db, collection, counts, monkeypatch):
+    embedder = load_embedder()
+
+    def broken_embed(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(embedder, "embed", broken_embed)
+    before = counts()
+    outcomes = ingest_files(db, collection, MANY_FILES[:3])
+    assert all(o.status == "failed" and "out of memory" in o.message for o in outcomes)
+    assert [o.message.split(":")[0] for o in outcomes] == [name for name, _ in MANY_FILES[:3]]
+    assert counts() == before
+
+
+def test_an_unreadable_path_is_reported_and_the_rest_goes_on(db, collection, tmp_path):
+    (tmp_path / "good.txt").write_text("Pumps need priming before the first start.")
+    missing = tmp_path / "gone.txt"
+    outcomes = ingest_paths(db, collection, [missing, tmp_path / "good.txt"])
+    assert [o.status for o in outcomes] == ["failed", "added"]
+    assert outcomes[0].message.startswith("gone.txt: cannot be read")
 
 
 def test_collections_keep_fields_apart_and_delete_with_their_documents(db, settings, counts):
