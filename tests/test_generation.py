@@ -41,6 +41,8 @@ def test_prompt_uses_the_models_chat_template(request, architecture, expected_pr
     loaded = load_model(request.getfixturevalue(f"tiny_{architecture}"))
     assert loaded.tokenizer.decode(chat_prompt_ids(loaded, QUESTION)).strip() == expected_prompt
     assert loaded.tokenizer.convert_tokens_to_ids(turn_end) in stop_token_ids(loaded)
+    # Only tokens the vocabulary has: eos and the end-of-turn markers it knows (not Llama 3's or Gemma's).
+    assert loaded.tokenizer.convert_ids_to_tokens(stop_token_ids(loaded)) == ["</s>", "<|im_end|>", "<|end|>"]
 
 
 @pytest.mark.parametrize("architecture", ["llama", "phi3"])

@@ -43,8 +43,11 @@ def stop_token_ids(loaded: LoadedModel) -> list[int]:
             ids.add(value)
         elif value:
             ids.update(value)
-    vocabulary = tokenizer.get_vocab()
-    ids.update(vocabulary[token] for token in END_OF_TURN_TOKENS if token in vocabulary)
+    # Looked up one by one: building the whole vocabulary (get_vocab) costs ~20 ms per answer.
+    for token in END_OF_TURN_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+            ids.add(token_id)
     return sorted(ids)
 
 
