@@ -45,7 +45,7 @@ def tiny_tokenizer(chat_template: str):
     return tokenizer
 
 
-def build_tiny_model(folder: Path, architecture: str = "llama", seed: int = 0) -> Path:
+def build_tiny_model(folder: Path, architecture: str = "llama", seed: int = 0, hidden_size: int = 32) -> Path:
     """Save a tiny random model with tokenizer and chat template in `folder`; return the folder."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
@@ -53,7 +53,7 @@ def build_tiny_model(folder: Path, architecture: str = "llama", seed: int = 0) -
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(CHATML if architecture == "llama" else PHI3)
     common = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )

@@ -23,6 +23,7 @@ class ModelShape:
     layers: int
     vocab_size: int
     lora_parameters_per_rank: int
+    narrowest_linear_inputs: int  # bitsandbytes' CPU 4-bit layers need at least 64
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ def model_shape(model_path, target_choice: str = "auto") -> ModelShape:
         model = AutoModelForCausalLM.from_config(config)
     targets = target_modules_for(config.model_type, target_choice)
     per_rank = 0
+    narrowest = None
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and name.split(".")[-1] != "lm_head":
+            narrowest = min(module.in_features, narrowest or module.in_features)
             if targets == "all-linear" or name.split(".")[-1] in targets:
                 per_rank += module.in_features + module.out_features  # A: in×r, B: r×out
     return ModelShape(
@@ -60,6 +63,7 @@ def model_shape(model_path, target_choice: str = "auto") -> ModelShape:
         layers=config.num_hidden_layers,
         vocab_size=config.vocab_size,
         lora_parameters_per_rank=per_rank,
+        narrowest_linear_inputs=narrowest or config.hidden_size,
     )
 
 

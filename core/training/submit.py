@@ -11,6 +11,9 @@ from core.training.estimate import Estimate, estimate_job, model_shape
 from core.training.jobs import Job, JobError, create_job, validate_adapter_name
 from core.training.spec import Method, TrainingSettings
 
+# bitsandbytes' CPU kernels (on CPUs with AVX512-BF16) reshape each 4-bit layer into blocks of this many inputs.
+FOUR_BIT_BLOCK = 64
+
 
 def check_four_bit_support() -> None:
     """QLoRA needs bitsandbytes able to quantize on this machine's device (CUDA, or CPU since 0.48)."""
@@ -53,12 +56,17 @@ def plan_job(db: Database, *, dataset: str, base_model: str, method: Method, set
     limit = _position_limit(path)
     if settings.max_seq_length > limit:
         raise JobError(f"Max sequence length {settings.max_seq_length:,} is more than {base_model} supports ({limit:,}).")
-    examples, mean_tokens = _token_stats(db, dataset, path, settings.max_seq_length)
-    if examples == 0:
-        raise JobError(f"Dataset {dataset!r} has no training examples; import or generate some first.")
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if method == "qlora" and device == "cpu" and shape.narrowest_linear_inputs < FOUR_BIT_BLOCK:
+        raise JobError(
+            f"QLoRA on the CPU needs layers at least {FOUR_BIT_BLOCK} inputs wide (bitsandbytes quantizes blocks of "
+            f"{FOUR_BIT_BLOCK} weights); {base_model} has layers only {shape.narrowest_linear_inputs} wide. Use LoRA for this model."
+        )
+    examples, mean_tokens = _token_stats(db, dataset, path, settings.max_seq_length)
+    if examples == 0:
+        raise JobError(f"Dataset {dataset!r} has no training examples; import or generate some first.")
     estimate = estimate_job(shape, method, settings, examples=examples, mean_tokens=mean_tokens, device=device)
     return JobPlan(dataset, examples, mean_tokens, estimate)
 
@@ -95,8 +103,8 @@ def submit_job(db: Database, *, adapter_name: str, dataset: str, base_model: str
     else:
         raise JobError(f"An adapter named {adapter_name!r} already exists; choose another name or delete it first.")
     info = get_dataset(db, dataset)
-    plan_job(db, dataset=dataset, base_model=base_model, method=method, settings=settings, app_settings=app_settings)
     if method == "qlora":
         check_four_bit_support()
+    plan_job(db, dataset=dataset, base_model=base_model, method=method, settings=settings, app_settings=app_settings)
     return create_job(db, adapter_name=adapter_name, dataset_id=info.id, base_model=base_model, method=method,
                       settings=settings)
