@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ ProgressCallback = Callable[[Stage, float], None]
 FileProgressCallback = Callable[[int, Stage, float], None]
 # A file to ingest: its name and its bytes, or a function that reads them when their turn comes.
 FileInput = tuple[str, "bytes | Callable[[], bytes]"]
+
+logger = logging.getLogger(__name__)
 
 # Share of the progress bar each stage ends at (embedding is where the time goes).
 _STAGE_END = {"parse": 0.1, "chunk": 0.15, "embed": 0.9, "store": 1.0}
@@ -72,6 +75,7 @@ class _Prepared:
     same_name: list[int]
     parsed: ParsedDocument
     chunks: list[ChunkDraft]
+    embedding_model: str
     started: float
     vectors: np.ndarray | None = None
 
@@ -87,28 +91,38 @@ def ingest_files(
 ) -> list[IngestOutcome]:
     """Add files to `collection`; one outcome per file, in order. Never raises for bad input."""
     settings = settings or get_settings()
-    report = progress or (lambda position, stage, fraction: None)
+    report = _guarded(progress)
     outcomes: dict[int, IngestOutcome] = {}
     group: list[_Prepared] = []
 
     def flush() -> None:
-        for done in _embed_and_store(db, collection, group, replace, report, settings):
-            outcomes[done[0]] = done[1]
+        for position, outcome in _embed_and_store(db, collection, group, replace, report, settings):
+            outcomes[position] = outcome
         group.clear()
+
+    def prepare(index: int, name: str, data) -> _Prepared | IngestOutcome:
+        try:
+            return _prepare(db, collection, name, data, replace, lambda s, f: report(index, s, f), settings)
+        except Exception as error:
+            return _failure(name, error)
 
     for index, (filename, data) in enumerate(files):
         started = time.perf_counter()
-        shown_name = filename or "(no name)"
         try:
-            shown_name = safe_filename(filename)
-            if any(p.filename == shown_name for p in group):
+            name = safe_filename(filename)
+        except IngestError as error:
+            prepared: _Prepared | IngestOutcome = _failure(filename or "(no name)", error)
+        else:
+            if any(p.filename == name for p in group):
                 flush()  # the same name twice in one upload: store the first before checking the second
-            prepared = _prepare(db, collection, shown_name, data, replace, lambda s, f, i=index: report(i, s, f), settings)
-            if isinstance(prepared, _Prepared) and any(p.sha256 == prepared.sha256 for p in group):
-                flush()  # the same content twice in one upload: the second is then skipped as a duplicate
-                prepared = _prepare(db, collection, shown_name, data, replace, lambda s, f, i=index: report(i, s, f), settings)
-        except Exception as error:
-            prepared = _failure(shown_name, error)
+            prepared = prepare(index, name, data)
+            # Decisions that depend on files still waiting in the group (the same content twice in one
+            # upload; a skip next to a file that replaces documents) are taken again once they are stored.
+            if (isinstance(prepared, _Prepared) and any(p.sha256 == prepared.sha256 for p in group)) or (
+                isinstance(prepared, IngestOutcome) and prepared.status == "skipped" and any(p.same_name for p in group)
+            ):
+                flush()
+                prepared = prepare(index, name, data)
         if isinstance(prepared, IngestOutcome):
             report(index, "done", 1.0)
             outcomes[index] = dataclasses.replace(prepared, seconds=time.perf_counter() - started)
@@ -203,7 +217,22 @@ def _prepare(
     embedder = load_embedder(collection.embedding_model)
     chunks = chunk_document(parsed, embedder.tokenizer, collection.chunk_tokens, collection.chunk_overlap)
     report("embed", _STAGE_END["chunk"])
-    return _Prepared(0, filename, len(data), sha256, same_name, parsed, chunks, 0.0)
+    return _Prepared(0, filename, len(data), sha256, same_name, parsed, chunks, collection.embedding_model, 0.0)
+
+
+def _guarded(progress: FileProgressCallback | None) -> FileProgressCallback:
+    """A progress callback whose errors are logged, not raised: a broken progress bar must not fail
+    or half-record an upload. (Streamlit's stop and rerun are BaseExceptions and still go through.)"""
+
+    def report(position: int, stage: Stage, fraction: float) -> None:
+        if progress is None:
+            return
+        try:
+            progress(position, stage, fraction)
+        except Exception:
+            logger.warning("Ingestion progress callback failed", exc_info=True)
+
+    return report
 
 
 def _read(filename: str, read: Callable[[], bytes]) -> bytes:
@@ -223,13 +252,25 @@ def _embed_and_store(
         return
     try:
         collection = get_collection(db, collection_name)
-        _embed_group(load_embedder(collection.embedding_model), group, settings.embed_batch_size, report)
-    except Exception as error:  # the model failed: every file of the group fails with the reason
+        embedder = load_embedder(collection.embedding_model)
+    except Exception as error:  # no collection or no model: every file of the group fails with the reason
         for prepared in group:
             report(prepared.index, "done", 1.0)
             yield prepared.index, _timed(_failure(prepared.filename, error), prepared)
         return
-    for prepared in group:
+    try:
+        _embed_group(embedder, group, settings.embed_batch_size, report)
+        embedded = group
+    except Exception:  # one file's text may be what breaks the model: embed file by file, fail only those
+        embedded = []
+        for prepared in group:
+            try:
+                _embed_group(embedder, [prepared], settings.embed_batch_size, report)
+                embedded.append(prepared)
+            except Exception as error:
+                report(prepared.index, "done", 1.0)
+                yield prepared.index, _timed(_failure(prepared.filename, error), prepared)
+    for prepared in embedded:
         report(prepared.index, "store", _STAGE_END["embed"])
         try:
             outcome = _store(db, collection, prepared, replace)
@@ -251,11 +292,15 @@ def _embed_group(embedder: Embedder, group: list[_Prepared], batch_size: int, re
     vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
     batch_size = max(batch_size, 1)
     start, end = _STAGE_END["chunk"], _STAGE_END["embed"]
+    shown = 0.0
     for offset in range(0, len(order), batch_size):
         positions = order[offset : offset + batch_size]
         vectors[positions] = embedder.embed([texts[i] for i in positions], batch_size=batch_size)
-        for prepared in group:
-            report(prepared.index, "embed", start + (end - start) * min(1.0, (offset + batch_size) / len(order)))
+        done = min(1.0, (offset + batch_size) / len(order))
+        if done - shown >= 0.2 or done == 1.0:  # a few updates per group, not one per batch and file
+            shown = done
+            for prepared in group:
+                report(prepared.index, "embed", start + (end - start) * done)
     offset = 0
     for prepared in group:
         prepared.vectors = vectors[offset : offset + len(prepared.chunks)]
@@ -267,7 +312,16 @@ def _store(db: Database, collection: CollectionInfo, prepared: _Prepared, replac
     try:
         with Session(db.engine) as session, session.begin():
             # Lock the collection row: a concurrent re-embed or replace of the same name waits.
-            session.execute(select(Collection.id).where(Collection.id == collection.id).with_for_update())
+            model = session.execute(
+                select(Collection.embedding_model).where(Collection.id == collection.id).with_for_update()
+            ).scalar_one()
+            if model != prepared.embedding_model:
+                raise IngestError(
+                    filename,
+                    f"was embedded with {prepared.embedding_model!r}, but {collection.name!r} was re-embedded with "
+                    f"{model!r} meanwhile; nothing was stored.",
+                    "Add the file again.",
+                )
             if replace and prepared.same_name:
                 session.query(Document).filter(Document.id.in_(prepared.same_name)).delete(synchronize_session=False)
             document = Document(

