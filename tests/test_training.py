@@ -273,3 +273,23 @@ def test_qlora_is_refused_when_bitsandbytes_cannot_quantize(db, tiny_llama, monk
     monkeypatch.setattr(bitsandbytes.functional, "quantize_4bit", broken)
     with pytest.raises(JobError, match="4-bit \\(QLoRA\\) cannot run here.*Use LoRA instead"):
         submit(db, make_dataset(db, "facts-no-4bit"), "x6", tiny_llama, method="qlora")
+
+
+def test_training_command_with_two_gpus_faked_goes_through_accelerate_launch(monkeypatch):
+    """CUDA cannot run here: the GPU count is faked; accelerate's own parser reads the command."""
+    from types import SimpleNamespace
+
+    from accelerate.commands.launch import launch_command_parser
+
+    from core.training.worker import training_command
+
+    job = SimpleNamespace(id=7)  # the command needs only the job's id
+    assert training_command(job)[1:] == ["-m", "core.training.run", "--job", "7"]  # no GPU here: one plain process
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    command = training_command(job)
+    assert command[1:3] == ["-m", "accelerate.commands.launch"]
+    parsed = launch_command_parser().parse_args(command[3:])
+    assert (parsed.num_processes, parsed.module, parsed.training_script, parsed.training_script_args) == (
+        2, True, "core.training.run", ["--job", "7"]
+    )
