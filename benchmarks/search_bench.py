@@ -85,17 +85,18 @@ def load(db, collection_id: int, vectors: np.ndarray, texts: list[str], docs: in
             if not rows:
                 break
             name = f"synthetic-{number:05d}.md"
-            document = Document(
-                collection_id=collection_id, filename=name, file_type="markdown", sha256=hashlib.sha256(name.encode()).hexdigest(),
-                size_bytes=sum(len(texts[i]) for i in rows), pages=None, chunk_count=len(rows),
-            )
-            session.add(document)
-            session.flush()
             drafts = [
                 ChunkDraft(ordinal=o, text=texts[i], page=None, heading=None, char_start=0, char_end=len(texts[i]),
                            token_count=len(texts[i].split()))
                 for o, i in enumerate(rows)
             ]
+            document = Document(
+                collection_id=collection_id, filename=name, file_type="markdown", sha256=hashlib.sha256(name.encode()).hexdigest(),
+                size_bytes=sum(len(texts[i]) for i in rows), pages=None, chunk_count=len(rows),
+                token_count=sum(d.token_count for d in drafts),
+            )
+            session.add(document)
+            session.flush()
             copy_chunks(session.connection(), document.id, collection_id, drafts, vectors[rows.start : rows.stop])
     seconds["COPY (documents + chunks)"] = time.perf_counter() - start
     if not keep_index:

@@ -332,6 +332,7 @@ def _store(db: Database, collection: CollectionInfo, prepared: _Prepared, replac
                 size_bytes=prepared.data_size,
                 pages=parsed.pages,
                 chunk_count=len(chunks),
+                token_count=sum(chunk.token_count for chunk in chunks),
             )
             session.add(document)
             session.flush()

@@ -52,6 +52,25 @@ def test_keyword_mode_matches_any_word_not_all(db, library):
     assert all(h.vector_similarity is None for h in hits)
 
 
+def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
+    """BM25: the one chunk with the rare word "impeller" beats a chunk that repeats the common "pump"."""
+    from core.library import create_collection
+
+    create_collection(db, "bm25")
+    notes = {
+        "a.txt": "The pump, the pump, the pump: the pump runs and the pump hums.",
+        "b.txt": "The pump is quiet today.",
+        "c.txt": "The pump needs oil.",
+        "d.txt": "The impeller is cracked.",
+        "e.txt": "The pump and the motor are aligned.",
+    }
+    for name, note in notes.items():
+        assert ingest_bytes(db, "bm25", name, note.encode()).ok
+    hits = search(db, "pump impeller", collection="bm25", mode="keyword", k=5)
+    assert [h.filename for h in hits][:2] == ["d.txt", "a.txt"]
+    assert len(hits) == 5 and hits == sorted(hits, key=lambda h: -h.score)
+
+
 def test_keyword_mode_finds_nothing_for_unknown_words(db, library):
     assert search(db, "xylophone zeppelin", collection="plant", mode="keyword") == []
 

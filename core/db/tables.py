@@ -36,6 +36,7 @@ class Document(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     pages: Mapped[int | None] = mapped_column(Integer)
     chunk_count: Mapped[int] = mapped_column(Integer)
+    token_count: Mapped[int] = mapped_column(BigInteger, default=0)  # of all its chunks: BM25's average length
     created_at: Mapped[datetime] = mapped_column(TIMESTAMP(timezone=True), server_default="now()")
 
 
