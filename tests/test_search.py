@@ -54,7 +54,7 @@ def test_keyword_mode_matches_any_word_not_all(db, library):
 
 def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
     """BM25: the one chunk with the rare word "impeller" beats a chunk that repeats the common "pump"."""
-    from core.library import create_collection
+    from core.library import create_collection, delete_collection
 
     create_collection(db, "bm25")
     notes = {
@@ -66,7 +66,10 @@ def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
     }
     for name, note in notes.items():
         assert ingest_bytes(db, "bm25", name, note.encode()).ok
-    hits = search(db, "pump impeller", collection="bm25", mode="keyword", k=5)
+    try:
+        hits = search(db, "pump impeller", collection="bm25", mode="keyword", k=5)
+    finally:
+        delete_collection(db, "bm25")  # the module's other tests list the collections
     assert [h.filename for h in hits][:2] == ["d.txt", "a.txt"]
     assert len(hits) == 5 and hits == sorted(hits, key=lambda h: -h.score)
 
