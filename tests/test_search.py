@@ -74,6 +74,30 @@ def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
     assert len(hits) == 5 and hits == sorted(hits, key=lambda h: -h.score)
 
 
+def test_hybrid_hits_found_only_by_keyword_carry_their_cosine_similarity(db, settings):
+    """RAG's relevance threshold reads the similarity: a hit outside the vector side's pool gets it too."""
+    import numpy as np
+
+    from core.embeddings import load_embedder
+    from core.library import create_collection, delete_collection
+
+    create_collection(db, "keyword-only")
+    notes = [f"Lubrication note {n}: grease the pump bearings every {n + 1} months." for n in range(6)]
+    notes.append("The zirconia crucible is stored in cabinet four.")
+    for number, note in enumerate(notes):
+        assert ingest_bytes(db, "keyword-only", f"note-{number}.txt", note.encode()).ok
+    narrow = settings.model_copy(update={"search_candidates": 1})  # the vector side sees only k chunks
+    query = "bearing lubrication zirconia"
+    try:
+        hits = search(db, query, collection="keyword-only", k=4, mode="hybrid", settings=narrow)
+    finally:
+        delete_collection(db, "keyword-only")
+    (zirconia,) = [h for h in hits if "zirconia" in h.text]
+    assert zirconia.vector_rank is None and zirconia.keyword_rank == 1
+    expected = float(np.dot(*load_embedder().embed([query, zirconia.text])))
+    assert zirconia.vector_similarity == pytest.approx(expected, abs=1e-4)
+
+
 def test_keyword_mode_finds_nothing_for_unknown_words(db, library):
     assert search(db, "xylophone zeppelin", collection="plant", mode="keyword") == []
 

@@ -47,7 +47,7 @@ def hit_location(hit: SearchHit) -> str:
 def hit_scores(hit: SearchHit) -> str:
     parts = [f"score {hit.score:.4f}"]
     if hit.vector_similarity is not None:
-        parts.append(f"cosine {hit.vector_similarity:.3f} (#{hit.vector_rank})")
+        parts.append(f"cosine {hit.vector_similarity:.3f}" + (f" (#{hit.vector_rank})" if hit.vector_rank else ""))
     if hit.keyword_score is not None:
         parts.append(f"keyword {hit.keyword_score:.3f} (#{hit.keyword_rank})")
     return " · ".join(parts)
