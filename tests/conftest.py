@@ -98,4 +98,12 @@ def tiny_phi3(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny-phi3"), "phi3"))
 
 
+@pytest.fixture(scope="session")
+def tiny_phi4mini(tmp_path_factory) -> str:
+    """Folder of a tiny random Phi-4-mini-shaped model (Phi-3 architecture, partial rotary, tied embeddings)."""
+    from tiny_models import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-phi4mini"), "phi4mini"))
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

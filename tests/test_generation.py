@@ -45,7 +45,7 @@ def test_prompt_uses_the_models_chat_template(request, architecture, expected_pr
     assert loaded.tokenizer.convert_ids_to_tokens(stop_token_ids(loaded)) == ["</s>", "<|im_end|>", "<|end|>"]
 
 
-@pytest.mark.parametrize("architecture", ["llama", "phi3"])
+@pytest.mark.parametrize("architecture", ["llama", "phi3", "phi4mini"])
 def test_stops_at_the_end_of_turn_token_not_only_at_eos(tmp_path, architecture):
     loaded = fresh_model(tmp_path, architecture)
     turn_end = "<|im_end|>" if architecture == "llama" else "<|end|>"

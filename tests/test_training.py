@@ -98,7 +98,7 @@ def test_estimate_scales_with_method_and_warns_when_it_will_not_fit(tiny_llama):
 # --- whole runs through the worker --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("architecture", ["llama", "phi3"])
+@pytest.mark.parametrize("architecture", ["llama", "phi3", "phi4mini"])
 def test_lora_job_produces_an_adapter_that_changes_the_model(request, db, architecture):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -117,7 +117,7 @@ def test_lora_job_produces_an_adapter_that_changes_the_model(request, db, archit
     assert all(m["tokens_per_second"] for m in steps[1:]) and all(m["learning_rate"] for m in steps)
     assert any(m["eval_loss"] for m in job_metrics(db, job.id))
     log = "\n".join(job_log_tail(db, job.id, 200))
-    expected_targets = "['qkv_proj', 'o_proj']" if architecture == "phi3" else "['q_proj', 'k_proj', 'v_proj', 'o_proj']"
+    expected_targets = "['qkv_proj', 'o_proj']" if architecture.startswith("phi") else "['q_proj', 'k_proj', 'v_proj', 'o_proj']"
     assert f"LoRA on {expected_targets}" in log and "Done: adapter" in log
 
     adapter = next(a for a in list_adapters() if a.name == f"tiny-{architecture}-lora")

@@ -61,6 +61,8 @@ def build_tiny_model(folder: Path, architecture: str = "llama", seed: int = 0, h
         model = LlamaForCausalLM(LlamaConfig(**common))
     elif architecture == "phi3":
         model = Phi3ForCausalLM(Phi3Config(**common))
+    elif architecture == "phi4mini":  # Phi-4-mini: the Phi-3 architecture with partial rotary and tied embeddings
+        model = Phi3ForCausalLM(Phi3Config(**common, partial_rotary_factor=0.75, tie_word_embeddings=True))
     else:
         raise ValueError(architecture)
     folder.mkdir(parents=True, exist_ok=True)
