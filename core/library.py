@@ -274,12 +274,24 @@ def reembed_collection(
         for start in range(0, len(rows), 512):
             batch = rows[start : start + 512]
             vectors = embedder.embed([embedding_text(h, t) for _, h, t in batch], batch_size=batch_size)
+            # Token counts in the new model's tokenizer, so chunk lengths (BM25) stay in one unit.
+            counts = embedder.count_tokens([t for _, _, t in batch])
             connection.execute(
-                text("UPDATE chunks SET embedding = :e, embedding_dim = :d WHERE id = :id"),
-                [{"e": np.asarray(v), "d": embedder.dim, "id": row[0]} for row, v in zip(batch, vectors, strict=True)],
+                text("UPDATE chunks SET embedding = :e, embedding_dim = :d, token_count = :n WHERE id = :id"),
+                [
+                    {"e": np.asarray(v), "d": embedder.dim, "n": n, "id": row[0]}
+                    for row, v, n in zip(batch, vectors, counts, strict=True)
+                ],
             )
             if progress:
                 progress(min(1.0, (start + len(batch)) / max(len(rows), 1)))
+        connection.execute(
+            text(
+                "UPDATE documents d SET token_count = t.total FROM (SELECT document_id, sum(token_count) AS total "
+                "FROM chunks WHERE collection_id = :c GROUP BY document_id) t WHERE t.document_id = d.id"
+            ),
+            {"c": collection.id},
+        )
         connection.execute(
             text("UPDATE collections SET embedding_model = :m, embedding_dim = :d WHERE id = :c"),
             {"m": embedding_model, "d": embedder.dim, "c": collection.id},

@@ -109,7 +109,8 @@ vector_ranked AS (
 # - term frequencies: the positions of the query's words in each matching chunk's tsvector
 #   (setweight + ts_filter keep just those words, so a chunk's other words are never unnested);
 # - document frequencies: counted over the same matches (a chunk with the word matches the OR query);
-# - collection size and average chunk length: from the documents' totals, not a scan of the chunks.
+# - collection size and average chunk length: from the documents' totals, not a scan of the chunks
+#   (of the filtered documents when there is a document filter, like the document frequencies).
 _KEYWORD_CTE = """
 keyword_query AS (
     SELECT replace(plainto_tsquery('english', :query_text)::text, ' & ', ' | ')::tsquery AS q,
@@ -125,7 +126,7 @@ keyword_matches AS (
 keyword_stats AS (
     SELECT greatest(sum(chunk_count), 1)::float8 AS chunks,
            greatest(sum(token_count)::float8 / greatest(sum(chunk_count), 1), 1) AS mean_tokens
-    FROM documents WHERE collection_id = :collection_id
+    FROM documents d WHERE d.collection_id = :collection_id {stats_filter}
 ),
 keyword_scored AS (
     SELECT m.id,
@@ -157,7 +158,10 @@ LIMIT :k"""
 def _search_sql(mode: SearchMode, dim: int, filtered: bool) -> str:
     document_filter = "AND c.document_id = ANY(:document_ids)" if filtered else ""
     vector_cte = _VECTOR_CTE.format(dim=int(dim), document_filter=document_filter)
-    keyword_cte = _KEYWORD_CTE.format(document_filter=document_filter)
+    # With a document filter, the collection size and mean length come from the same documents as
+    # the document frequencies: mixing the scopes makes every word look rare (no IDF weighting left).
+    stats_filter = "AND d.id = ANY(:document_ids)" if filtered else ""
+    keyword_cte = _KEYWORD_CTE.format(document_filter=document_filter, stats_filter=stats_filter)
     if mode == "vector":
         return "WITH " + vector_cte + _SELECT.format(
             score="v.similarity", similarity="v.similarity", keyword="NULL::real", vector_rank="v.rank",

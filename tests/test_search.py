@@ -64,14 +64,35 @@ def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
         "d.txt": "The impeller is cracked.",
         "e.txt": "The pump and the motor are aligned.",
     }
-    for name, note in notes.items():
-        assert ingest_bytes(db, "bm25", name, note.encode()).ok
     try:
+        for name, note in notes.items():
+            assert ingest_bytes(db, "bm25", name, note.encode()).ok
         hits = search(db, "pump impeller", collection="bm25", mode="keyword", k=5)
     finally:
         delete_collection(db, "bm25")  # the module's other tests list the collections
     assert [h.filename for h in hits][:2] == ["d.txt", "a.txt"]
     assert len(hits) == 5 and hits == sorted(hits, key=lambda h: -h.score)
+
+
+def test_keyword_ranking_within_a_document_filter_uses_that_documents_statistics(db):
+    """Filtered to one manual where "pump" is everywhere, "seal" decides, even though "pump" is rare in
+    the rest of the collection (mixing the two scopes ranked the chunk repeating "pump" first)."""
+    from core.ingest import ingest_files
+    from core.library import create_collection, delete_collection
+
+    create_collection(db, "bm25-filter")
+    sections = ["## Part 1\n\nThe pump pump pump pump pump in bay one is checked by the morning crew each day."]
+    sections += [f"## Part {n}\n\nThe pump in bay {n} is checked by the morning crew every single day." for n in range(2, 10)]
+    sections.append("## Part 10\n\nThe seal in bay ten is checked by the morning crew every single day.")
+    others = [(f"note-{n}.txt", f"Weather note {n}: the morning was calm, dry and bright over the site.".encode())
+              for n in range(250)]
+    try:
+        outcomes = ingest_files(db, "bm25-filter", [("manual.md", "\n\n".join(sections).encode()), *others])
+        assert all(o.ok for o in outcomes) and outcomes[0].chunks == 10
+        hits = search(db, "pump seal", collection="bm25-filter", mode="keyword", k=3, document_ids=[outcomes[0].document_id])
+    finally:
+        delete_collection(db, "bm25-filter")
+    assert "seal" in hits[0].text
 
 
 def test_hybrid_hits_found_only_by_keyword_carry_their_cosine_similarity(db, settings):
@@ -84,11 +105,11 @@ def test_hybrid_hits_found_only_by_keyword_carry_their_cosine_similarity(db, set
     create_collection(db, "keyword-only")
     notes = [f"Lubrication note {n}: grease the pump bearings every {n + 1} months." for n in range(6)]
     notes.append("The zirconia crucible is stored in cabinet four.")
-    for number, note in enumerate(notes):
-        assert ingest_bytes(db, "keyword-only", f"note-{number}.txt", note.encode()).ok
     narrow = settings.model_copy(update={"search_candidates": 1})  # the vector side sees only k chunks
     query = "bearing lubrication zirconia"
     try:
+        for number, note in enumerate(notes):
+            assert ingest_bytes(db, "keyword-only", f"note-{number}.txt", note.encode()).ok
         hits = search(db, query, collection="keyword-only", k=4, mode="hybrid", settings=narrow)
     finally:
         delete_collection(db, "keyword-only")
