@@ -177,7 +177,8 @@ def _search_sql(mode: SearchMode, dim: int, filtered: bool) -> str:
     # a relevance threshold on similarity (RAG) judges every hit, not only the vector side's.
     return "WITH " + vector_cte + "," + keyword_cte + _SELECT.format(
         score="coalesce(1.0 / (:rrf_k + v.rank), 0.0) + coalesce(1.0 / (:rrf_k + k.rank), 0.0)",
-        similarity=f"coalesce(v.similarity, 1 - ((c.embedding::vector({int(dim)})) <=> :query_vector))", keyword="k.score", vector_rank="v.rank", keyword_rank="k.rank",
+        similarity=f"coalesce(v.similarity, 1 - ((c.embedding::vector({int(dim)})) <=> :query_vector))",
+        keyword="k.score", vector_rank="v.rank", keyword_rank="k.rank",
         source="vector_ranked v FULL OUTER JOIN keyword_ranked k ON k.id = v.id", id_expr="coalesce(v.id, k.id)",
     )
 
