@@ -7,6 +7,7 @@ from sqlalchemy import text
 from core.ingest import ingest_bytes
 from core.library import LibraryError
 from core.store import SEARCH_MODES, QueryError, search
+from core.ui.format import hit_scores
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,9 @@ def test_hybrid_hits_found_only_by_keyword_carry_their_cosine_similarity(db, set
     assert zirconia.vector_rank is None and zirconia.keyword_rank == 1
     expected = float(np.dot(*load_embedder().embed([query, zirconia.text])))
     assert zirconia.vector_similarity == pytest.approx(expected, abs=1e-4)
+    # Shown as "score … · cosine … · BM25 … (#1)": no rank where the vector side did not rank it.
+    shown = hit_scores(zirconia)
+    assert f"cosine {expected:.3f} · BM25 " in shown and shown.endswith("(#1)") and "None" not in shown
 
 
 def test_keyword_mode_finds_nothing_for_unknown_words(db, library):

@@ -49,5 +49,5 @@ def hit_scores(hit: SearchHit) -> str:
     if hit.vector_similarity is not None:
         parts.append(f"cosine {hit.vector_similarity:.3f}" + (f" (#{hit.vector_rank})" if hit.vector_rank else ""))
     if hit.keyword_score is not None:
-        parts.append(f"keyword {hit.keyword_score:.3f} (#{hit.keyword_rank})")
+        parts.append(f"BM25 {hit.keyword_score:.2f}" + (f" (#{hit.keyword_rank})" if hit.keyword_rank else ""))
     return " · ".join(parts)
