@@ -34,3 +34,23 @@ def test_upgrade_is_idempotent_and_downgrade_round_trips(db):
         assert tables == {"alembic_version"}
     upgrade_to_head(db.engine)
     assert current_revision(db.engine) == "0003"
+
+
+def test_upgrading_a_library_from_0002_fills_the_document_token_totals(db, collection):
+    """Libraries made before BM25 (migration 0003) get each document's total from its chunks."""
+    import samples
+
+    from core.ingest import ingest_bytes
+
+    document_id = ingest_bytes(db, collection, "pumps.md", samples.MARKDOWN).document_id
+    with db.engine.begin() as connection:
+        config = alembic_config()
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+    upgrade_to_head(db.engine)
+    with db.engine.connect() as connection:
+        stored, summed = connection.execute(
+            text("SELECT token_count, (SELECT sum(token_count) FROM chunks WHERE document_id = :d) FROM documents WHERE id = :d"),
+            {"d": document_id},
+        ).one()
+    assert stored == summed > 0
