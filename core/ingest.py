@@ -286,8 +286,12 @@ def _embed_group(embedder: Embedder, group: list[_Prepared], batch_size: int, re
     The texts are sorted by their token count and embedded one batch at a time, so each batch holds
     texts of nearly the same length and little of it is padding (sentence-transformers sorts by
     characters, which wastes about a fifth of the tokens on padding for typical chunks)."""
-    texts = [chunk.text_for_embedding for prepared in group for chunk in prepared.chunks]
-    lengths = embedder.count_tokens(texts)
+    chunks = [chunk for prepared in group for chunk in prepared.chunks]
+    texts = [chunk.text_for_embedding for chunk in chunks]
+    # Chunking counted each text's tokens; only the headings put in front of them are counted here.
+    headings = list({chunk.heading for chunk in chunks if chunk.heading})
+    heading_tokens = dict(zip(headings, embedder.count_tokens(headings), strict=True))
+    lengths = [chunk.token_count + heading_tokens.get(chunk.heading, 0) for chunk in chunks]
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     vectors = np.zeros((len(texts), embedder.dim), dtype=np.float32)
     batch_size = max(batch_size, 1)
