@@ -21,8 +21,8 @@ What is measured, on the bundled SmolLM2 (float32 on the CPU, as the app runs it
       Goal: app overhead within 5% (TTFT ratio and decode-speed ratio ≤ 1.05).
 
   (2) RAG end to end: SciFact abstracts are ingested as Markdown (`# title\\n\\ntext`)
-      through `core.ingest.ingest_files` into a fresh collection until it holds `--chunks` (2,000), then
-      for `--queries` SciFact claims `core.rag.ask(..., max_new_tokens=1)` is called and streamed
+      through `core.documents.ingest.ingest_files` into a fresh collection until it holds `--chunks` (2,000), then
+      for `--queries` SciFact claims `core.answers.rag.ask(..., max_new_tokens=1)` is called and streamed
       to its first piece. Reported: p50/p95 of retrieval (`answer.timings.retrieval_seconds`) and
       of time to first token from the question (`answer.timings.time_to_first_token`, retrieval,
       prompt building and prefill included), and the prompt sizes. The queries are SciFact test
@@ -152,11 +152,11 @@ def bench_streaming(loaded, reps: int, new_tokens: int) -> None:
 def bench_rag(loaded, args) -> None:
     from _common import scifact_queries, scifact_test_qrels
 
+    from core.answers.rag import ask
     from core.config import Settings
     from core.db import open_database
-    from core.ingest import ingest_files
-    from core.library import create_collection
-    from core.rag import ask
+    from core.documents.ingest import ingest_files
+    from core.documents.library import create_collection
 
     settings = Settings(data_dir=data_dir(args.data_dir))
     db = open_database(settings)

@@ -38,10 +38,10 @@ from _common import DEFAULT_SCIFACT, as_markdown, data_dir, machine, median, sci
 from core.config import Settings
 from core.db import open_database
 from core.documents.chunking import chunk_document
+from core.documents.embeddings import load_embedder
+from core.documents.ingest import ingest_files
+from core.documents.library import create_collection
 from core.documents.parsing import parse_document
-from core.embeddings import load_embedder
-from core.ingest import ingest_files
-from core.library import create_collection
 
 GOAL = 1.15
 

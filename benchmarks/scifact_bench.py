@@ -1,8 +1,8 @@
 """Retrieval quality on a public benchmark: SciFact (BEIR), through the product's own pipeline.
 
 The whole SciFact corpus (5,183 abstracts, each uploaded as the Markdown file `{_id}.md` with
-`# {title}` then the abstract) goes through `core.ingest.ingest_files` into one collection with
-the default settings; the 300 test claims are then searched with `core.store.search` in each
+`# {title}` then the abstract) goes through `core.documents.ingest.ingest_files` into one collection with
+the default settings; the 300 test claims are then searched with `core.documents.search.search` in each
 mode (vector, keyword, hybrid), top `--k` chunks (default 100) per query. Chunks are collapsed
 to documents (a document scores as its best chunk, order kept) and scored with the BEIR
 definitions, binary relevance: nDCG@10, and recall@100 over the documents those chunks give.
@@ -29,9 +29,9 @@ from _common import DEFAULT_SCIFACT, as_markdown, data_dir, machine, scifact_cor
 
 from core.config import Settings
 from core.db import open_database
-from core.ingest import ingest_files
-from core.library import create_collection, list_collections
-from core.store import search
+from core.documents.ingest import ingest_files
+from core.documents.library import create_collection, list_collections
+from core.documents.search import search
 
 COLLECTION = "scifact"
 MODES = ("vector", "keyword", "hybrid")

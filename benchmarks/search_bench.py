@@ -1,9 +1,9 @@
 """Search latency (vector, keyword, hybrid) and HNSW recall@10 on 100,000 chunks of 384 dimensions.
 
 What is measured, through the product's own code:
-  * p50/p95 latency of `core.store.search(..., k=10)` per mode, end to end (query embedding +
+  * p50/p95 latency of `core.documents.search.search(..., k=10)` per mode, end to end (query embedding +
     SQL), and separately the two parts: the query embedding alone and the SQL alone (the exact
-    statement `search` runs, from `core.store._search_sql`, with a precomputed query vector);
+    statement `search` runs, from `core.documents.search._search_sql`, with a precomputed query vector);
   * recall@10 of the HNSW index against exact search (brute force in numpy over the same float32
     unit vectors), for the default `hnsw_ef_search` and a few other values, with the SQL latency
     of each; exact search in Postgres (index scans off) is timed too, as the alternative.
@@ -15,7 +15,7 @@ w ~ U(0, 0.6), Gaussian noise of `--noise` per dimension), normalised. The vecto
 lie in clusters around real sentence embeddings, as real chunk embeddings do (uniform random
 vectors give an unrealistically hard HNSW problem), and each chunk's text is the anchor
 sentence followed by the partner sentence, so keyword search ranks real English. Chunks are
-loaded as `--docs` documents (rows through SQLAlchemy) with binary COPY (`core.store.copy_chunks`).
+loaded as `--docs` documents (rows through SQLAlchemy) with binary COPY (`core.documents.search.copy_chunks`).
 The queries are real SciFact claims (the test split, embedded at query time).
 
 By default the HNSW index is dropped before the load and rebuilt after it (with
@@ -44,9 +44,9 @@ from core.config import Settings
 from core.db import open_database
 from core.db.tables import Document
 from core.documents.chunking import ChunkDraft
-from core.embeddings import load_embedder
-from core.library import create_collection, ensure_vector_index
-from core.store import _search_sql, copy_chunks, search
+from core.documents.embeddings import load_embedder
+from core.documents.library import create_collection, ensure_vector_index
+from core.documents.search import _search_sql, copy_chunks, search
 
 MODES = ("vector", "keyword", "hybrid")
 COLLECTION = "bench"
@@ -101,7 +101,7 @@ def load(db, collection_id: int, vectors: np.ndarray, texts: list[str], docs: in
     seconds["COPY (documents + chunks)"] = time.perf_counter() - start
     if not keep_index:
         start = time.perf_counter()
-        # The same index the product creates (core.library.ensure_vector_index), built with enough
+        # The same index the product creates (core.documents.library.ensure_vector_index), built with enough
         # memory for the whole graph; new connections of this throwaway database pick the setting up.
         with db.engine.begin() as connection:
             connection.execute(text("ALTER DATABASE postgres SET maintenance_work_mem = '1GB'"))
@@ -117,7 +117,7 @@ def load(db, collection_id: int, vectors: np.ndarray, texts: list[str], docs: in
 
 def run_sql(db, mode: str, collection_id: int, query: str, vector: np.ndarray, settings: Settings, k: int = 10,
             exact: bool = False) -> list[int]:
-    """The statement `core.store.search` runs, without the query embedding; chunk ids, best first."""
+    """The statement `core.documents.search.search` runs, without the query embedding; chunk ids, best first."""
     params = {"collection_id": collection_id, "k": k, "pool": max(k, settings.search_candidates), "rrf_k": settings.rrf_k,
               "query_text": query, "document_ids": [], "query_vector": vector}
     with db.engine.begin() as connection:

@@ -32,8 +32,8 @@ def _database():
 
 
 def cmd_ingest(args) -> int:
-    from core.ingest import ingest_paths
-    from core.library import ensure_collection
+    from core.documents.ingest import ingest_paths
+    from core.documents.library import ensure_collection
 
     db = _database()
     ensure_collection(db, args.collection)
@@ -53,7 +53,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from core.store import search
+    from core.documents.search import search
 
     hits = search(
         _database(), args.query, collection=args.collection, k=args.k, mode=args.mode, document_ids=args.document
@@ -71,7 +71,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_documents(args) -> int:
-    from core.library import delete_document, document_chunks, list_documents
+    from core.documents.library import delete_document, document_chunks, list_documents
 
     db = _database()
     if args.action == "list":
@@ -103,7 +103,7 @@ def cmd_documents(args) -> int:
 
 
 def cmd_collections(args) -> int:
-    from core.library import create_collection, delete_collection, list_collections, reembed_collection
+    from core.documents.library import create_collection, delete_collection, list_collections, reembed_collection
 
     db = _database()
     if args.action == "list":
@@ -134,7 +134,7 @@ def cmd_collections(args) -> int:
 
 def cmd_db(args) -> int:
     from core.db.migrate import current_revision
-    from core.library import library_stats
+    from core.documents.library import library_stats
 
     db = _database()  # opening it migrates to the latest revision
     stats = library_stats(db)
@@ -144,7 +144,7 @@ def cmd_db(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from core.rag import ask
+    from core.answers.rag import ask
 
     answer = ask(
         _database() if not args.no_rag else None, args.question, collection=args.collection, use_rag=not args.no_rag,
@@ -172,7 +172,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from core.models.registry import PRESETS, list_adapters, model_is_available, prepare_bundled_model
+    from core.models.adapters import list_adapters
+    from core.models.registry import PRESETS, model_is_available, prepare_bundled_model
 
     if args.action == "prepare":
         print(f"Bundled model ready in {prepare_bundled_model()}")
@@ -213,8 +214,8 @@ def cmd_train(args) -> int:
 def _follow(job_id: int) -> int:
     import time
 
-    from core.training.jobs import get_job, job_log_since
-    from core.training.worker import ensure_local_worker
+    from core.jobs.queue import get_job, job_log_since
+    from core.jobs.worker import ensure_local_worker
 
     db = _database()
     ensure_local_worker(db)
@@ -231,7 +232,7 @@ def _follow(job_id: int) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from core.training.jobs import cancel_job, get_job, job_log_tail, job_metrics, list_jobs, resume_job
+    from core.jobs.queue import cancel_job, get_job, job_log_tail, job_metrics, list_jobs, resume_job
 
     db = _database()
     if args.action == "list":
@@ -264,15 +265,14 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from core.training.worker import run_worker
+    from core.jobs.worker import run_worker
 
     run_worker(_database(), once=args.once, exit_when_idle=args.exit_when_idle)
     return 0
 
 
 def cmd_adapters(args) -> int:
-    from core.models.registry import list_adapters
-    from core.training.adapters import adapter_record, delete_adapter, merge_adapter, zip_adapter
+    from core.models.adapters import adapter_record, delete_adapter, list_adapters, merge_adapter, zip_adapter
 
     if args.action == "list":
         adapters = [{"name": a.name, "base_model": a.base_model, "path": str(a.path),
@@ -400,7 +400,7 @@ def _size(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.store import SEARCH_MODES
+    from core.documents.search import SEARCH_MODES
 
     parser = argparse.ArgumentParser(prog="python -m core", description="Expert Studio from the command line.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -513,14 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from core.answers.rag import QuestionError
     from core.datasets import DatasetError
+    from core.documents.embeddings import EmbeddingModelError
     from core.documents.errors import IngestError
-    from core.embeddings import EmbeddingModelError
-    from core.library import LibraryError
+    from core.documents.library import LibraryError
+    from core.documents.search import QueryError
+    from core.jobs.queue import JobError
     from core.models import AdapterError, ModelNotAvailable
-    from core.rag import QuestionError
-    from core.store import QueryError
-    from core.training.jobs import JobError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -2,13 +2,13 @@
 
 import streamlit as st
 
+from core.answers.rag import QuestionError, ask
 from core.config import get_settings
-from core.embeddings import EmbeddingModelError
-from core.library import LibraryError, list_collections
+from core.documents.embeddings import EmbeddingModelError
+from core.documents.library import LibraryError, list_collections
+from core.documents.search import QueryError
 from core.models import NO_ADAPTER, PRESETS, AdapterError, ModelNotAvailable
-from core.models.registry import list_adapters
-from core.rag import QuestionError, ask
-from core.store import QueryError
+from core.models.adapters import list_adapters
 from core.ui.answers import link_citations, render_answer, render_sources, timings_line
 from core.ui.resources import database, language_model
 

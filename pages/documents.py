@@ -2,11 +2,18 @@
 
 import streamlit as st
 
+from core.documents.embeddings import EmbeddingModelError
+from core.documents.ingest import ingest_files
+from core.documents.library import (
+    LibraryError,
+    delete_collection,
+    delete_document,
+    document_chunks,
+    list_documents,
+    reembed_collection,
+)
 from core.documents.parsing import SUPPORTED_TYPES
-from core.embeddings import EmbeddingModelError
-from core.ingest import ingest_files
-from core.library import LibraryError, delete_collection, delete_document, document_chunks, list_documents, reembed_collection
-from core.store import SEARCH_MODES, QueryError, search
+from core.documents.search import SEARCH_MODES, QueryError, search
 from core.ui.format import documents_table, hit_location, hit_scores, plural
 from core.ui.resources import database
 from core.ui.widgets import collection_picker

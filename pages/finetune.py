@@ -6,13 +6,12 @@ import streamlit as st
 
 from core.config import get_settings
 from core.datasets import list_datasets
+from core.jobs.queue import JobError, list_jobs
+from core.jobs.worker import ensure_local_worker
 from core.models import PRESETS as MODEL_PRESETS
-from core.models.registry import list_adapters
-from core.training.adapters import adapter_record, merge_adapter, zip_adapter
-from core.training.jobs import JobError, list_jobs
+from core.models.adapters import adapter_record, list_adapters, merge_adapter, zip_adapter
 from core.training.spec import PRESETS
 from core.training.submit import plan_job, submit_job
-from core.training.worker import ensure_local_worker
 from core.ui.resources import database
 from core.ui.training import job_view, settings_form
 

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.library import list_collections
+from core.documents.library import list_collections
 from core.ui.resources import database
 
 st.title("Expert Studio")

@@ -18,7 +18,7 @@ from core.datasets import (
     save_dataset,
     update_example,
 )
-from core.library import list_collections
+from core.documents.library import list_collections
 from core.models import ModelNotAvailable
 from core.ui.resources import database
 

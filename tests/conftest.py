@@ -66,7 +66,7 @@ def db(settings):
 @pytest.fixture
 def collection(db, settings):
     """A new, empty collection for one test."""
-    from core.library import create_collection
+    from core.documents.library import create_collection
 
     return create_collection(db, f"c-{uuid.uuid4().hex[:8]}", settings=settings).name
 

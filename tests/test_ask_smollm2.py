@@ -8,11 +8,11 @@ import samples
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from core.answers.rag import ask
 from core.cli import main
-from core.ingest import ingest_bytes
-from core.library import create_collection
+from core.documents.ingest import ingest_bytes
+from core.documents.library import create_collection
 from core.models import BUNDLED_MODEL, load_model
-from core.rag import ask
 
 QUESTION = "At what pressure does the relief valve of boiler B2 open?"
 

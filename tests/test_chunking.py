@@ -3,8 +3,8 @@
 import samples
 
 from core.documents.chunking import chunk_document
+from core.documents.embeddings import load_embedder
 from core.documents.parsing import parse_document
-from core.embeddings import load_embedder
 
 
 def test_chunks_fit_the_budget_overlap_and_map_back_to_the_text():

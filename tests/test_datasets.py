@@ -33,8 +33,8 @@ from core.datasets import (
 from core.datasets import store as dataset_store
 from core.datasets.generation import BORROWED, CUT_OFF, DUPLICATE, NO_PAIR
 from core.datasets.preview import template_lengths
-from core.ingest import ingest_bytes
-from core.library import create_collection
+from core.documents.ingest import ingest_bytes
+from core.documents.library import create_collection
 from core.models import BUNDLED_MODEL
 
 QUESTION, ANSWER = "When does the relief valve open?", "At 3.5 bar."

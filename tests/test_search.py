@@ -4,16 +4,16 @@ import pytest
 import samples
 from sqlalchemy import text
 
-from core.ingest import ingest_bytes
-from core.library import LibraryError
-from core.store import SEARCH_MODES, QueryError, search
+from core.documents.ingest import ingest_bytes
+from core.documents.library import LibraryError
+from core.documents.search import SEARCH_MODES, QueryError, search
 from core.ui.format import hit_scores
 
 
 @pytest.fixture(scope="module")
 def library(db):
     """One collection with four documents of different formats, and one unrelated collection."""
-    from core.library import create_collection
+    from core.documents.library import create_collection
 
     create_collection(db, "plant")
     ids = {}
@@ -55,7 +55,7 @@ def test_keyword_mode_matches_any_word_not_all(db, library):
 
 def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
     """BM25: the one chunk with the rare word "impeller" beats a chunk that repeats the common "pump"."""
-    from core.library import create_collection, delete_collection
+    from core.documents.library import create_collection, delete_collection
 
     create_collection(db, "bm25")
     notes = {
@@ -78,8 +78,8 @@ def test_keyword_ranking_weighs_rare_words_above_common_ones(db):
 def test_keyword_ranking_within_a_document_filter_uses_that_documents_statistics(db):
     """Filtered to one manual where "pump" is everywhere, "seal" decides, even though "pump" is rare in
     the rest of the collection (mixing the two scopes ranked the chunk repeating "pump" first)."""
-    from core.ingest import ingest_files
-    from core.library import create_collection, delete_collection
+    from core.documents.ingest import ingest_files
+    from core.documents.library import create_collection, delete_collection
 
     create_collection(db, "bm25-filter")
     sections = ["## Part 1\n\nThe pump pump pump pump pump in bay one is checked by the morning crew each day."]
@@ -100,8 +100,8 @@ def test_hybrid_hits_found_only_by_keyword_carry_their_cosine_similarity(db, set
     """RAG's relevance threshold reads the similarity: a hit outside the vector side's pool gets it too."""
     import numpy as np
 
-    from core.embeddings import load_embedder
-    from core.library import create_collection, delete_collection
+    from core.documents.embeddings import load_embedder
+    from core.documents.library import create_collection, delete_collection
 
     create_collection(db, "keyword-only")
     notes = [f"Lubrication note {n}: grease the pump bearings every {n + 1} months." for n in range(6)]

@@ -16,10 +16,7 @@ import torch
 from tiny_models import build_tiny_model, tiny_tokenizer
 from training_helpers import chat, make_dataset, wait_for
 
-from core.models.registry import list_adapters
-from core.training.data import IGNORE, tokenize_chat
-from core.training.estimate import estimate_job, model_shape
-from core.training.jobs import (
+from core.jobs.queue import (
     JobError,
     cancel_job,
     fail_stale_jobs,
@@ -29,10 +26,13 @@ from core.training.jobs import (
     job_metrics,
     resume_job,
 )
+from core.jobs.worker import run_worker
+from core.models.adapters import list_adapters
+from core.training.data import IGNORE, tokenize_chat
+from core.training.estimate import estimate_job, model_shape
 from core.training.run import explain_failure
 from core.training.spec import PRESETS, TrainingSettings, target_modules_for, with_overrides
 from core.training.submit import check_four_bit_support, submit_job
-from core.training.worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = with_overrides(PRESETS["quick CPU check"].settings, max_steps=4, save_steps=2, eval_steps=2, batch_size=2)
@@ -285,7 +285,7 @@ def test_training_command_with_two_gpus_faked_goes_through_accelerate_launch(mon
 
     from accelerate.commands.launch import launch_command_parser
 
-    from core.training.worker import training_command
+    from core.jobs.worker import training_command
 
     job = SimpleNamespace(id=7)  # the command needs only the job's id
     assert training_command(job)[1:] == ["-m", "core.training.run", "--job", "7"]  # no GPU here: one plain process

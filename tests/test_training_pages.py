@@ -12,8 +12,8 @@ from streamlit.testing.v1 import AppTest
 from training_helpers import make_dataset, wait_for
 
 from core.datasets import get_dataset
-from core.models.registry import list_adapters
-from core.training.jobs import get_job, list_jobs
+from core.jobs.queue import get_job, list_jobs
+from core.models.adapters import list_adapters
 
 APP = "../streamlit_app.py"
 

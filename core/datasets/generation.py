@@ -22,7 +22,7 @@ from core.datasets.formats import clean_text
 from core.datasets.splitting import DEFAULT_VALIDATION_FRACTION, check_fraction
 from core.datasets.store import DatasetInfo, NewExample, ensure_name_free, write_dataset
 from core.db import Database
-from core.library import get_collection
+from core.documents.library import get_collection
 
 QA_SYSTEM_PROMPT = (
     "You write one quiz question about a text, and its answer. The question must be answerable from the text alone. "

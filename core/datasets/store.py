@@ -1,7 +1,7 @@
 """Datasets and their examples in Postgres: a whole dataset is written in one transaction (a
 failure leaves nothing), then listed, read, edited, re-split, and handed to the training code.
 
-Every function takes the `Database` first, like core.library, so pages, CLI and tests share them.
+Every function takes the `Database` first, like core.documents.library, so pages, CLI and tests share them.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ class Document(Base):
 
 
 class Chunk(Base):
-    """Read-only mapping: chunks are written by COPY (core.store) and their tsv is generated."""
+    """Read-only mapping: chunks are written by COPY (core.documents.search) and their tsv is generated."""
 
     __tablename__ = "chunks"
 

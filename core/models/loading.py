@@ -12,13 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import Settings, get_settings
+from core.models.adapters import AdapterError
 from core.models.registry import ModelNotAvailable, resolve_model_path
 
 NO_ADAPTER = "none"
-
-
-class AdapterError(ValueError):
-    """An adapter that cannot be used with the loaded model; the message says why."""
 
 
 @dataclass

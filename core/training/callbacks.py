@@ -9,7 +9,7 @@ import time
 from transformers import TrainerCallback
 
 from core.db import Database
-from core.training.jobs import get_job, record_metrics, record_progress
+from core.jobs.queue import get_job, record_metrics, record_progress
 
 
 def peak_memory_mb() -> float:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from core.config import get_settings
 from core.db import open_database
+from core.jobs.queue import Job, finish_job, forget_metrics_after, get_job, set_run_dir
+from core.models.adapters import publish_adapter
 from core.models.registry import resolve_model_path
-from core.training.adapters import publish_adapter
 from core.training.callbacks import DatabaseReporter, StopRequest
 from core.training.data import PadToLongest, tokenize_examples
-from core.training.jobs import Job, finish_job, forget_metrics_after, get_job, set_run_dir
 from core.training.spec import target_modules_for
 
 

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 from core.config import Settings, get_settings
 from core.db import Database
-from core.models.registry import ModelNotAvailable, find_adapter, resolve_model_path
+from core.jobs.queue import Job, JobError, create_job, validate_adapter_name
+from core.models.adapters import find_adapter
+from core.models.registry import ModelNotAvailable, resolve_model_path
 from core.training.estimate import Estimate, estimate_job, model_shape
-from core.training.jobs import Job, JobError, create_job, validate_adapter_name
 from core.training.spec import Method, TrainingSettings
 
 # bitsandbytes' CPU kernels (on CPUs with AVX512-BF16) reshape each 4-bit layer into blocks of this many inputs.

@@ -6,7 +6,7 @@ import re
 
 import streamlit as st
 
-from core.rag import Answer, AnswerTimings, Source
+from core.answers.rag import Answer, AnswerTimings, Source
 
 
 def link_citations(text: str, turn: int, source_count: int) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.library import DocumentInfo
-from core.store import SearchHit
+from core.documents.library import DocumentInfo
+from core.documents.search import SearchHit
 
 
 def plural(n: int, word: str, plural_word: str | None = None, *, bold: bool = False) -> str:

@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.config import get_settings
 from core.db import Database
-from core.library import library_stats
+from core.documents.library import library_stats
 from core.ui.format import plural
 
 

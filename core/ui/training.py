@@ -8,7 +8,7 @@ from dataclasses import fields
 import streamlit as st
 
 from core.db import Database
-from core.training.jobs import cancel_job, get_job, job_log_tail, job_metrics, resume_job
+from core.jobs.queue import cancel_job, get_job, job_log_tail, job_metrics, resume_job
 from core.training.spec import TrainingSettings
 
 
@@ -89,7 +89,7 @@ def job_view(db: Database, job_id: int) -> None:
         st.rerun()
     if job.status in ("failed", "cancelled") and right.button("Resume job", key=f"resume_job_{job_id}",
                                                               icon=":material/play_arrow:"):
-        from core.training.worker import ensure_local_worker
+        from core.jobs.worker import ensure_local_worker
 
         resume_job(db, job_id)
         ensure_local_worker(db)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.db import Database
-from core.library import CollectionInfo, LibraryError, create_collection, ensure_collection, list_collections
+from core.documents.library import CollectionInfo, LibraryError, create_collection, ensure_collection, list_collections
 
 SELECTED_COLLECTION = "selected_collection"
 _NEW_COLLECTION_POPOVER = "new_collection_popover"

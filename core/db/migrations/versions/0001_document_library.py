@@ -13,7 +13,7 @@ branch_labels = None
 depends_on = None
 
 # The bundled embedding model's dimension; other dimensions get their own partial index when a
-# collection that uses them is created (core.library.ensure_vector_index).
+# collection that uses them is created (core.documents.library.ensure_vector_index).
 DEFAULT_DIM = 384
 
 

@@ -29,11 +29,11 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.db.tables import Collection, Document
 from core.documents.chunking import ChunkDraft, chunk_document
+from core.documents.embeddings import Embedder, EmbeddingModelError, load_embedder
 from core.documents.errors import IngestError
+from core.documents.library import CollectionInfo, LibraryError, get_collection
 from core.documents.parsing import ParsedDocument, file_type_of, parse_document, safe_filename
-from core.embeddings import Embedder, EmbeddingModelError, load_embedder
-from core.library import CollectionInfo, LibraryError, get_collection
-from core.store import copy_chunks
+from core.documents.search import copy_chunks
 
 Status = Literal["added", "replaced", "skipped", "failed"]
 Stage = Literal["parse", "chunk", "embed", "store", "done"]

@@ -18,7 +18,7 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.db.tables import Chunk, Collection, Document
 from core.documents.chunking import embedding_text
-from core.embeddings import load_embedder
+from core.documents.embeddings import load_embedder
 
 
 class LibraryError(ValueError):

@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from core.config import Settings, get_settings
 from core.db import Database
-from core.training.jobs import (
+from core.jobs.queue import (
     Job,
     append_log,
     claim_next_job,
@@ -208,3 +208,22 @@ def _wait_for_registration(db: Database, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not live_workers(db):
         time.sleep(0.3)
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m core.jobs.worker (also `python -m core worker`)."""
+    import argparse
+
+    from core.db import open_database
+
+    parser = argparse.ArgumentParser(prog="python -m core.jobs.worker", description="Run queued jobs, each in its own process.")
+    parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    parser.add_argument("--exit-when-idle", type=float, help="exit after this many seconds without jobs")
+    args = parser.parse_args(argv)
+    run_worker(open_database(), once=args.once, exit_when_idle=args.exit_when_idle)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass, field
 
 from core.config import Settings, get_settings
 from core.db import Database
-from core.library import LibraryError, get_collection
+from core.documents.library import LibraryError, get_collection
+from core.documents.search import SearchHit, search
 from core.models import NO_ADAPTER, Generation, LoadedModel, count_chat_tokens, load_model, stream_chat
+from core.models.adapters import find_adapter
 from core.models.generation import fold_system_turn_if_refused
-from core.models.registry import find_adapter
-from core.store import SearchHit, search
 
 SYSTEM_PROMPT = (
     "You are a careful expert assistant. Answer the question using only the numbered sources. "
@@ -238,7 +238,7 @@ def ask(
 
 
 def _require_documents(db: Database, collection: str) -> None:
-    from core.library import list_collections
+    from core.documents.library import list_collections
 
     info = next((c for c in list_collections(db) if c.name == collection), None)
     if info is None:

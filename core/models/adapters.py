@@ -1,5 +1,5 @@
-"""Finished adapters: published atomically (a half-written one is never listed), zipped for
-download, and merged into their base model for export as a plain safetensors model."""
+"""LoRA adapters on disk: listed and found by name, published atomically (a half-written one is
+never listed), zipped for download, and merged into their base model for export as a plain safetensors model."""
 
 from __future__ import annotations
 
@@ -8,12 +8,51 @@ import json
 import shutil
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Settings
-from core.models.registry import adapters_dir, find_adapter, models_dir, resolve_model_path
+from core.models.registry import models_dir, resolve_model_path
 
 TRAINING_RECORD = "training.json"
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be used with the loaded model; the message says why."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    name: str
+    path: Path
+    base_model: str | None
+
+
+def adapters_dir(settings: Settings | None = None) -> Path:
+    return models_dir(settings) / "adapters"
+
+
+def list_adapters(settings: Settings | None = None) -> list[AdapterInfo]:
+    """Finished LoRA adapters (a folder with adapter_config.json), by name."""
+    folder = adapters_dir(settings)
+    found = []
+    for config in sorted(folder.glob("*/adapter_config.json")) if folder.is_dir() else []:
+        if config.parent.name.startswith("."):
+            continue  # being written: published by a rename when complete
+        try:
+            base = json.loads(config.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            continue  # unreadable: not listed as usable
+        found.append(AdapterInfo(config.parent.name, config.parent, base))
+    return found
+
+
+def find_adapter(name: str, settings: Settings | None = None) -> AdapterInfo:
+    for adapter in list_adapters(settings):
+        if adapter.name == name:
+            return adapter
+    known = ", ".join(a.name for a in list_adapters(settings)) or "none yet (fine-tune one first)"
+    raise AdapterError(f"No adapter named {name!r}. Available: {known}.")
 
 
 def publish_adapter(staging: Path, job, metrics: dict, settings: Settings | None = None) -> Path:

@@ -13,8 +13,8 @@ from sqlalchemy import Connection, text
 from core.config import Settings, get_settings
 from core.db import Database
 from core.documents.chunking import ChunkDraft
-from core.embeddings import load_embedder
-from core.library import LibraryError, get_collection
+from core.documents.embeddings import load_embedder
+from core.documents.library import LibraryError, get_collection
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "vector", "keyword")
