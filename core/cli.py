@@ -14,12 +14,22 @@ from datetime import datetime
 from pathlib import Path
 
 from core.config import get_settings
+from core.errors import UserError
+from core.formatting import human_size
 
 DEFAULT_COLLECTION = "default"
 
 
 def _print_json(value) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)))
+
+
+def _result(args, value, line: str) -> None:
+    """A command's result: one line for people, or `value` as JSON with --json."""
+    if args.json:
+        _print_json(value)
+    else:
+        print(line)
 
 
 def _database():
@@ -85,12 +95,17 @@ def cmd_documents(args) -> int:
             for d in documents:
                 print(
                     f"{d.id:>5}  {d.collection[:16]:<16} {d.file_type:<8} {d.pages or '':>5} {d.chunk_count:>6} "
-                    f"{_size(d.size_bytes):>9}  {d.filename}"
+                    f"{human_size(d.size_bytes):>9}  {d.filename}"
                 )
     elif args.action == "delete":
+        deleted = []
         for document_id in args.ids:
             gone = delete_document(db, document_id)
-            print(f"Deleted {gone.filename!r} ({gone.chunk_count} chunks) from {gone.collection!r}.")
+            deleted.append(asdict(gone))
+            if not args.json:
+                print(f"Deleted {gone.filename!r} ({gone.chunk_count} chunks) from {gone.collection!r}.")
+        if args.json:
+            _print_json(deleted)
     elif args.action == "chunks":
         chunks = document_chunks(db, args.ids[0], limit=args.limit)
         if args.json:
@@ -117,18 +132,17 @@ def cmd_collections(args) -> int:
         c = create_collection(
             db, args.name, embedding_model=args.embedding_model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap
         )
-        print(f"Created {c.name!r} ({c.embedding_model}, {c.embedding_dim} dims).")
+        _result(args, asdict(c), f"Created {c.name!r} ({c.embedding_model}, {c.embedding_dim} dims).")
     elif args.action == "delete":
         if not args.yes:
-            print(f"This deletes {args.name!r} with all its documents. Add --yes to confirm.", file=sys.stderr)
-            return 2
-        print(f"Deleted {args.name!r} and its {delete_collection(db, args.name)} documents.")
+            raise UserError(f"This deletes {args.name!r} with all its documents. Add --yes to confirm.")
+        deleted = delete_collection(db, args.name)
+        _result(args, {"deleted": args.name, "documents": deleted}, f"Deleted {args.name!r} and its {deleted} documents.")
     elif args.action == "reembed":
         if not args.embedding_model:
-            print("Name the new model with --embedding-model.", file=sys.stderr)
-            return 2
+            raise UserError("Name the new model with --embedding-model.")
         c = reembed_collection(db, args.name, args.embedding_model)
-        print(f"Re-embedded {c.name!r} with {c.embedding_model} ({c.embedding_dim} dims).")
+        _result(args, asdict(c), f"Re-embedded {c.name!r} with {c.embedding_model} ({c.embedding_dim} dims).")
     return 0
 
 
@@ -138,8 +152,10 @@ def cmd_db(args) -> int:
 
     db = _database()  # opening it migrates to the latest revision
     stats = library_stats(db)
-    print(f"{db.description}; schema revision {current_revision(db.engine)}; "
-          f"{stats.collections} collections, {stats.documents} documents, {stats.chunks} chunks.")
+    revision = current_revision(db.engine)
+    _result(args, {"database": db.description, "embedded": db.embedded, "schema_revision": revision, **asdict(stats)},
+            f"{db.description}; schema revision {revision}; "
+            f"{stats.collections} collections, {stats.documents} documents, {stats.chunks} chunks.")
     return 0
 
 
@@ -179,7 +195,7 @@ def cmd_models(args) -> int:
         print(f"Bundled model ready in {prepare_bundled_model()}")
         return 0
     rows = [{"model": p.model_id, "label": p.label, "available": model_is_available(p.model_id), "note": p.note} for p in PRESETS]
-    adapters = [{"adapter": a.name, "base_model": a.base_model, "path": str(a.path)} for a in list_adapters()]
+    adapters = [{"adapter": a.name, "base_model": a.base_model, "sha256": a.sha256} for a in list_adapters(_database())]
     if args.json:
         _print_json({"models": rows, "adapters": adapters})
         return 0
@@ -203,11 +219,12 @@ def cmd_train(args) -> int:
         _database(), adapter_name=args.adapter, dataset=args.dataset, base_model=args.model or get_settings().language_model,
         method=args.method or preset.method, settings=with_overrides(preset.settings, **overrides),
     )
-    print(f"Queued job {job.id}: {job.method} → adapter {job.adapter_name!r}.")
+    _result(args, job.as_dict(), f"Queued job {job.id}: {job.title} ({job.method}).")
     if args.wait:
         return _follow(job.id)
-    print("A worker runs it: `python -m core worker` (the app starts one when needed). Follow it with "
-          f"`python -m core jobs logs {job.id} --follow`.")
+    if not args.json:
+        print("A worker runs it: `python -m core worker` (the app starts one when needed). Follow it with "
+              f"`python -m core jobs logs {job.id} --follow`.")
     return 0
 
 
@@ -232,35 +249,44 @@ def _follow(job_id: int) -> int:
 
 
 def cmd_jobs(args) -> int:
-    from core.jobs.queue import cancel_job, get_job, job_log_tail, job_metrics, list_jobs, resume_job
+    from core.jobs.errors import JobError
+    from core.jobs.queue import cancel_job, delete_job, get_job, job_log_tail, job_metrics, list_jobs, resume_job
 
     db = _database()
     if args.action == "list":
-        jobs = list_jobs(db)
+        jobs = list_jobs(db, kind=args.kind)
         if args.json:
-            _print_json([{**asdict(j), "settings": j.settings.to_dict()} for j in jobs])
+            _print_json([j.as_dict() for j in jobs])
             return 0
         if not jobs:
-            print("No jobs yet. Start one with: python -m core train --dataset NAME --adapter NAME")
+            print("No jobs yet. Start one with e.g.: python -m core train --dataset NAME --adapter NAME")
         for j in jobs:
-            step = f"step {j.progress['step']}/{j.progress['max_steps']}" if j.progress else ""
-            print(f"{j.id:>4}  {j.status:<10} {j.adapter_name:<24} {j.method:<6} {j.dataset_name or '-':<20} {step}")
+            progress = j.progress or {}
+            done, total = progress.get("done", progress.get("step")), progress.get("total", progress.get("max_steps"))
+            shown = f"{done:g}/{total:g} {progress.get('unit', 'steps')}" if done is not None and total else ""
+            print(f"{j.id:>4}  {j.status:<10} {j.kind:<17} {j.title[:40]:<40} {shown}")
         return 0
     if not args.id:
-        print(f"jobs {args.action} needs a job id.", file=sys.stderr)
-        return 2
+        raise JobError(f"jobs {args.action} needs a job id (python -m core jobs list shows them).")
     if args.action == "show":
         job = get_job(db, args.id)
-        _print_json({**asdict(job), "settings": job.settings.to_dict(), "metrics": job_metrics(db, args.id)[-5:]})
+        _print_json({**job.as_dict(), "metrics": job_metrics(db, args.id)[-5:]})
     elif args.action == "logs":
         if args.follow:
             return _follow(args.id)
         print("\n".join(job_log_tail(db, args.id, args.lines)))
     elif args.action == "cancel":
-        print(f"Job {args.id}: {cancel_job(db, args.id).status} (cancel requested).")
+        job = cancel_job(db, args.id)
+        _print_json(job.as_dict()) if args.json else print(f"Job {args.id}: {job.status} (cancel requested).")
     elif args.action == "resume":
         job = resume_job(db, args.id)
-        print(f"Job {job.id} queued again; it continues from its last checkpoint.")
+        from core.jobs.worker import ensure_local_worker
+
+        ensure_local_worker(db)
+        _print_json(job.as_dict()) if args.json else print(f"Job {job.id} queued again; it continues from what it saved.")
+    elif args.action == "delete":
+        delete_job(db, args.id)
+        print(f"Job {args.id} deleted.")
     return 0
 
 
@@ -272,11 +298,22 @@ def cmd_worker(args) -> int:
 
 
 def cmd_adapters(args) -> int:
-    from core.models.adapters import adapter_record, delete_adapter, list_adapters, merge_adapter, zip_adapter
+    from core.models.adapters import (
+        adapter_record,
+        delete_adapter,
+        import_adapter,
+        import_local_adapters,
+        list_adapters,
+        merge_adapter,
+        zip_adapter,
+    )
 
+    db = _database()
     if args.action == "list":
-        adapters = [{"name": a.name, "base_model": a.base_model, "path": str(a.path),
-                     "metrics": adapter_record(a.name).get("metrics")} for a in list_adapters()]
+        for name in import_local_adapters(db):  # folders of older versions join the database once
+            print(f"Imported {name!r} from the old adapters folder into the database.", file=sys.stderr)
+        adapters = [{"name": a.name, "base_model": a.base_model, "sha256": a.sha256, "size_bytes": a.size_bytes,
+                     "metrics": adapter_record(db, a.name).get("metrics")} for a in list_adapters(db)]
         if args.json:
             _print_json(adapters)
         for a in adapters if not args.json else []:
@@ -287,14 +324,18 @@ def cmd_adapters(args) -> int:
     if not args.name:
         print(f"adapters {args.action} needs an adapter name.", file=sys.stderr)
         return 2
-    if args.action == "export":
+    if args.action == "import":
+        folder = Path(args.name)
+        info = import_adapter(db, folder, args.as_name or folder.resolve().name)
+        print(f"Imported {folder} as adapter {info.name!r} (base {info.base_model}, {human_size(info.size_bytes)}).")
+    elif args.action == "export":
         target = Path(args.output or f"{args.name}.zip")
-        target.write_bytes(zip_adapter(args.name))
+        target.write_bytes(zip_adapter(db, args.name))
         print(f"Wrote {target}.")
     elif args.action == "merge":
-        print(f"Merged model saved in {merge_adapter(args.name, Path(args.output) if args.output else None)}.")
+        print(f"Merged model saved in {merge_adapter(db, args.name, Path(args.output) if args.output else None)}.")
     elif args.action == "delete":
-        delete_adapter(args.name)
+        delete_adapter(db, args.name)
         print(f"Deleted adapter {args.name!r}.")
     return 0
 
@@ -322,7 +363,7 @@ def cmd_datasets(args) -> int:
         generate_text_dataset,
         list_datasets,
         list_examples,
-        preview_dataset,
+        preview_dataset_file,
         save_dataset,
         split_dataset,
     )
@@ -339,61 +380,58 @@ def cmd_datasets(args) -> int:
         return 0
     if args.action == "import":
         if not args.file or not args.name:
-            print("datasets import needs FILE and --name.", file=sys.stderr)
-            return 2
-        path = Path(args.file)
-        preview = preview_dataset(path.name, path.read_bytes(), model_id=args.model, max_tokens=args.max_tokens)
-        print(preview.summary)
-        for note in preview.notes:
-            print(note)
-        if preview.problems:
+            raise UserError("datasets import needs FILE and --name.")
+        preview = preview_dataset_file(args.file, model_id=args.model, max_tokens=args.max_tokens)
+        problems = [asdict(p) for p in preview.problems]
+        if not args.json:
+            print(preview.summary)
+            for note in preview.notes:
+                print(note)
+        if preview.problems and not args.json:
             print(preview.problem_list(None), file=sys.stderr)
-        if args.dry_run:
-            return 0
-        if preview.problems and not args.skip_bad_rows:
+        refused = preview.problems and not args.skip_bad_rows
+        info = None
+        if not args.dry_run and not refused:
+            info = save_dataset(db, args.name, preview, skip_bad_rows=args.skip_bad_rows,
+                                validation_fraction=args.validation_fraction, seed=args.seed)
+        if args.json:
+            _print_json({"summary": preview.summary, "notes": preview.notes, "problems": problems,
+                         "saved": asdict(info) if info else None})
+        elif info:
+            print(f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation.")
+        if refused and not args.dry_run:
             print("Nothing saved: fix the rows above, or add --skip-bad-rows.", file=sys.stderr)
             return 2
-        info = save_dataset(db, args.name, preview, skip_bad_rows=args.skip_bad_rows,
-                            validation_fraction=args.validation_fraction, seed=args.seed)
-        print(f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation.")
         return 0
     if not args.name:
-        print(f"datasets {args.action} needs --name.", file=sys.stderr)
-        return 2
+        raise UserError(f"datasets {args.action} needs --name.")
     if args.action == "generate":
         if not args.collection:
-            print("datasets generate needs --collection.", file=sys.stderr)
-            return 2
+            raise UserError("datasets generate needs --collection.")
         if args.kind == "text":
             info = generate_text_dataset(db, args.name, args.collection, max_chunks=args.max_chunks,
                                          validation_fraction=args.validation_fraction, seed=args.seed)
-            print(f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation passages.")
+            result = asdict(info)
+            message = f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation passages."
         else:
             report = generate_qa_dataset(db, args.name, args.collection, model_id=args.model, max_chunks=args.max_chunks,
                                          validation_fraction=args.validation_fraction, seed=args.seed,
                                          progress=lambda f: print(f"\r{f:.0%}", end="", file=sys.stderr, flush=True))
             print(file=sys.stderr)
-            print(report.message)
+            result, message = asdict(report), report.message
+        _result(args, result, message)
     elif args.action == "show":
         examples = list_examples(db, args.name, limit=args.limit)
         _print_json([asdict(e) for e in examples])
     elif args.action == "split":
         info = split_dataset(db, args.name, args.validation_fraction, args.seed)
-        print(f"{info.name!r}: {info.train_count} train, {info.validation_count} validation.")
+        _result(args, asdict(info), f"{info.name!r}: {info.train_count} train, {info.validation_count} validation.")
     elif args.action == "delete":
         if not args.yes:
-            print(f"This deletes {args.name!r} and its examples. Add --yes to confirm.", file=sys.stderr)
-            return 2
-        print(f"Deleted {args.name!r} ({delete_dataset(db, args.name)} examples).")
+            raise UserError(f"This deletes {args.name!r} and its examples. Add --yes to confirm.")
+        deleted = delete_dataset(db, args.name)
+        _result(args, {"deleted": args.name, "examples": deleted}, f"Deleted {args.name!r} ({deleted} examples).")
     return 0
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # --- parser -----------------------------------------------------------------------------------
@@ -483,54 +521,47 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", choices=("lora", "qlora"), help="default: the preset's")
     train.add_argument("--preset", choices=list(PRESETS), default="LoRA")
     train.add_argument("--wait", action="store_true", help="follow the job's log until it ends")
+    train.add_argument("--json", action="store_true", help="print the queued job as JSON")
     _add_training_settings(train)
     train.set_defaults(handler=cmd_train)
 
-    jobs = commands.add_parser("jobs", help="list, show, follow, cancel or resume fine-tuning jobs")
-    jobs.add_argument("action", choices=("list", "show", "logs", "cancel", "resume"))
+    jobs = commands.add_parser("jobs", help="list, show, follow, cancel, resume or delete jobs of every kind")
+    jobs.add_argument("action", choices=("list", "show", "logs", "cancel", "resume", "delete"))
+    jobs.add_argument("--kind", help="list: only jobs of this kind (train, generate-dataset, reembed, merge, evaluate)")
     jobs.add_argument("id", nargs="?", type=int)
     jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jobs.add_argument("--lines", type=int, default=40)
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(handler=cmd_jobs)
 
-    worker = commands.add_parser("worker", help="run queued fine-tuning jobs (each in its own process)")
+    worker = commands.add_parser("worker", help="run queued jobs of every kind (each in its own process)")
     worker.add_argument("--once", action="store_true", help="run at most one job, then exit")
     worker.add_argument("--exit-when-idle", type=float, help="exit after this many seconds without jobs")
     worker.set_defaults(handler=cmd_worker)
 
-    adapters = commands.add_parser("adapters", help="list, export (zip), merge or delete fine-tuned adapters")
-    adapters.add_argument("action", choices=("list", "export", "merge", "delete"))
-    adapters.add_argument("name", nargs="?")
+    adapters = commands.add_parser("adapters", help="list, import, export (zip), merge or delete fine-tuned adapters")
+    adapters.add_argument("action", choices=("list", "import", "export", "merge", "delete"))
+    adapters.add_argument("name", nargs="?", metavar="NAME", help="the adapter (import: the PEFT folder to import)")
+    adapters.add_argument("--name", dest="as_name", help="import: the adapter's name (default: the folder's name)")
     adapters.add_argument("--output", help="export: zip path; merge: output folder")
     adapters.add_argument("--json", action="store_true")
     adapters.set_defaults(handler=cmd_adapters)
 
     db = commands.add_parser("db", help="migrate the database and show where it is")
     db.add_argument("action", choices=("upgrade", "info"))
+    db.add_argument("--json", action="store_true")
     db.set_defaults(handler=cmd_db)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from core.answers.rag import QuestionError
-    from core.datasets import DatasetError
-    from core.documents.embeddings import EmbeddingModelError
-    from core.documents.errors import IngestError
-    from core.documents.library import LibraryError
-    from core.documents.search import QueryError
-    from core.jobs.queue import JobError
-    from core.models import AdapterError, ModelNotAvailable
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command in ("documents",) and args.action in ("delete", "chunks") and not args.ids:
-        parser.error(f"documents {args.action} needs at least one document id")
-    if args.command == "collections" and args.action != "list" and not args.name:
-        parser.error(f"collections {args.action} needs a collection name")
+    args = build_parser().parse_args(argv)
     try:
+        if args.command == "documents" and args.action in ("delete", "chunks") and not args.ids:
+            raise UserError(f"documents {args.action} needs at least one document id (documents list shows them).")
+        if args.command == "collections" and args.action != "list" and not args.name:
+            raise UserError(f"collections {args.action} needs a collection name.")
         return args.handler(args)
-    except (LibraryError, QueryError, IngestError, EmbeddingModelError, QuestionError, ModelNotAvailable, AdapterError,
-            JobError, DatasetError) as error:
+    except UserError as error:  # every user mistake: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

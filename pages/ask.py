@@ -2,17 +2,15 @@
 
 import streamlit as st
 
-from core.answers.rag import QuestionError, ask
+from core.answers.rag import ask
 from core.config import get_settings
-from core.documents.embeddings import EmbeddingModelError
-from core.documents.library import LibraryError, list_collections
-from core.documents.search import QueryError
-from core.models import NO_ADAPTER, PRESETS, AdapterError, ModelNotAvailable
+from core.documents.library import list_collections
+from core.models import NO_ADAPTER, PRESETS
 from core.models.adapters import list_adapters
 from core.ui.answers import link_citations, render_answer, render_sources, timings_line
+from core.ui.errors import user_errors
 from core.ui.resources import database, language_model
 
-ERRORS = (QuestionError, LibraryError, QueryError, ModelNotAvailable, AdapterError, EmbeddingModelError)
 OTHER_MODEL = "Other (Hugging Face id or folder)…"
 
 settings = get_settings()
@@ -23,7 +21,7 @@ collections = [c.name for c in list_collections(db)]
 left, middle, right = st.columns([2, 1, 2], vertical_alignment="bottom")
 collection = left.selectbox("Collection", collections or ["(no collections yet)"], key="ask_collection")
 use_rag = middle.toggle("RAG", value=True, key="ask_rag", help="Answer from the collection's passages, with citations.")
-adapters = [NO_ADAPTER] + [a.name for a in list_adapters()]
+adapters = [NO_ADAPTER] + [a.name for a in list_adapters(db)]
 adapter = right.selectbox("Adapter", adapters, key="ask_adapter", help="Fine-tuned LoRA adapters appear here.")
 
 with st.expander("Model and generation settings"):
@@ -40,11 +38,8 @@ with st.expander("Model and generation settings"):
     top_p = c2.slider("Top-p", 0.05, 1.0, settings.top_p, 0.05, key="ask_top_p")
     max_new_tokens = c3.number_input("Max new tokens", 1, 8192, settings.max_new_tokens, 16, key="ask_max_new_tokens")
 
-try:
+with user_errors(stop=True):
     loaded = language_model(model_id, four_bit)
-except ModelNotAvailable as error:
-    st.error(str(error))
-    st.stop()
 st.caption(f"Model: {loaded.description} · context window {loaded.context_window:,} tokens")
 
 history = st.session_state.setdefault("ask_history", [])
@@ -62,12 +57,9 @@ if question:
     turn = len(history)
     st.chat_message("user").write(question)
     with st.chat_message("assistant"):
-        try:
+        with user_errors(stop=True):
             answer = ask(db, question, collection=collection if collections else None, use_rag=use_rag, adapter=adapter,
                          model_id=model_id, load_in_4bit=four_bit, max_new_tokens=int(max_new_tokens), temperature=temperature, top_p=top_p)
-        except ERRORS as error:
-            st.error(str(error))
-            st.stop()
         text_column, sources_column = st.columns([3, 2]) if answer.sources else (st.container(), None)
         sources_panel = sources_column.empty() if sources_column is not None else None
         if sources_panel is not None:

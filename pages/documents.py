@@ -2,10 +2,8 @@
 
 import streamlit as st
 
-from core.documents.embeddings import EmbeddingModelError
 from core.documents.ingest import ingest_files
 from core.documents.library import (
-    LibraryError,
     delete_collection,
     delete_document,
     document_chunks,
@@ -13,8 +11,10 @@ from core.documents.library import (
     reembed_collection,
 )
 from core.documents.parsing import SUPPORTED_TYPES
-from core.documents.search import SEARCH_MODES, QueryError, search
-from core.ui.format import documents_table, hit_location, hit_scores, plural
+from core.documents.search import SEARCH_MODES, search
+from core.formatting import plural
+from core.ui.errors import user_errors
+from core.ui.format import documents_table, hit_location, hit_scores
 from core.ui.resources import database
 from core.ui.widgets import collection_picker
 
@@ -86,9 +86,10 @@ with library_tab:
         with st.popover("Delete document", icon=":material/delete:"):
             st.write(f"Delete **{chosen.filename}** and its {plural(chosen.chunk_count, 'chunk')}?")
             if st.button("Delete", type="primary", key="confirm_delete_document"):
-                delete_document(db, chosen.id)
-                st.toast(f"Deleted {chosen.filename}")
-                st.rerun()
+                with user_errors():  # deleted meanwhile in another tab
+                    delete_document(db, chosen.id)
+                    st.toast(f"Deleted {chosen.filename}")
+                    st.rerun()
 
     with st.expander("Collection settings"):
         st.markdown(
@@ -98,17 +99,15 @@ with library_tab:
         new_model = st.text_input("Re-embed with another model", placeholder="sentence-transformers id or folder")
         if st.button("Re-embed collection", disabled=not new_model):
             bar = st.progress(0.0, text="Re-embedding…")
-            try:
+            with user_errors():
                 reembed_collection(db, collection.name, new_model, progress=lambda f: bar.progress(f, text="Re-embedding…"))
-            except (LibraryError, EmbeddingModelError) as error:
-                st.error(str(error))
-            else:
                 st.rerun()
         with st.popover("Delete collection", icon=":material/delete_forever:"):
             st.write(f"Delete **{collection.name}** and its {plural(collection.document_count, 'document')}?")
             if st.button("Delete collection", type="primary", key="confirm_delete_collection"):
-                delete_collection(db, collection.name)
-                st.rerun()
+                with user_errors():
+                    delete_collection(db, collection.name)
+                    st.rerun()
 
 with search_tab:
     with st.form("search"):
@@ -118,11 +117,8 @@ with search_tab:
         k = right.slider("Passages", 1, 20, 5)
         searched = st.form_submit_button("Search", type="primary", key="run_search")
     if searched:
-        try:
+        with user_errors():
             hits = search(db, query, collection=collection.name, k=k, mode=mode)
-        except (QueryError, LibraryError, EmbeddingModelError) as error:
-            st.error(str(error))
-        else:
             if not hits:
                 st.info("No passages found. Try other words, or the vector mode for meaning rather than exact words.")
             for rank, hit in enumerate(hits, start=1):

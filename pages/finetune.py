@@ -1,19 +1,23 @@
 """Fine-tune: start a LoRA or QLoRA job on a training set, watch it live, keep the adapters."""
 
 from datetime import datetime
+from functools import partial
 
 import streamlit as st
 
 from core.config import get_settings
 from core.datasets import list_datasets
-from core.jobs.queue import JobError, list_jobs
+from core.formatting import human_size
+from core.jobs.queue import list_jobs
 from core.jobs.worker import ensure_local_worker
 from core.models import PRESETS as MODEL_PRESETS
 from core.models.adapters import adapter_record, list_adapters, merge_adapter, zip_adapter
-from core.training.spec import PRESETS
-from core.training.submit import plan_job, submit_job
+from core.training.spec import PRESETS, TrainingSettings
+from core.training.submit import JobPlan, plan_job, submit_job
+from core.ui.errors import user_errors
+from core.ui.jobs import job_view, steps_done
 from core.ui.resources import database
-from core.ui.training import job_view, settings_form
+from core.ui.training import settings_form
 
 settings = get_settings()
 db = database()
@@ -23,9 +27,18 @@ new_tab, jobs_tab, adapters_tab = st.tabs(["New job", "Jobs", "Adapters"], key="
                                           default=st.session_state.pop("ft_open_tab", None) or st.session_state.get("finetune_tab"))
 
 
+@st.cache_data(ttl=600, max_entries=32, show_spinner="Measuring the training set in the base model's tokens…")
+def cached_plan(dataset: str, dataset_version: tuple, base_model: str, method: str, training_settings: dict) -> JobPlan:
+    """plan_job tokenizes the whole training set: once per dataset version (id, creation time, example
+    counts), model, method and settings, not on every rerun. Start checks everything again, uncached;
+    the ttl refreshes the free memory the estimate compares with."""
+    return plan_job(database(), dataset=dataset, base_model=base_model, method=method,
+                    settings=TrainingSettings.from_dict(training_settings))
+
 
 def new_job() -> None:
-    datasets = [d.name for d in list_datasets(db)]
+    infos = {d.name: d for d in list_datasets(db)}
+    datasets = list(infos)
     if not datasets:
         st.info("No training data yet: create a training set on the Training data page first.")
     else:
@@ -45,40 +58,34 @@ def new_job() -> None:
             training_settings = settings_form(preset.settings, key=f"ft_{preset_name}")
         adapter_name = st.text_input("Adapter name", value=f"{dataset}-{method}-{datetime.now():%m%d-%H%M}",
                                      key="ft_adapter_name", help="The Ask page lists the adapter under this name.")
-        try:
-            plan = plan_job(db, dataset=dataset, base_model=base_model, method=method, settings=training_settings)
-        except (JobError, ValueError) as error:
-            st.error(str(error))
-            plan = None
-        if plan is not None:
+        info = infos[dataset]
+        version = (info.id, info.created_at.isoformat(), info.train_count, info.validation_count)
+        with user_errors():
+            plan = cached_plan(dataset, version, base_model, method, training_settings.to_dict())
             e = plan.estimate
             st.caption(f"Estimate: {e.steps} steps on the {e.device}, about {e.seconds / 60:.0f} min, "
-                       f"peak memory about {e.peak_memory_bytes / 2**20:,.0f} MB of {e.available_memory_bytes / 2**20:,.0f} MB free "
+                       f"peak memory about {human_size(e.peak_memory_bytes)} of {human_size(e.available_memory_bytes)} free "
                        f"({plan.examples} examples, {plan.mean_tokens:.0f} tokens on average).")
             if e.warning:
                 st.warning(e.warning)
             if st.button("Start", type="primary", key="ft_start", icon=":material/rocket_launch:"):
-                try:
-                    job = submit_job(db, adapter_name=adapter_name, dataset=dataset, base_model=base_model,
-                                     method=method, settings=training_settings)
-                except (JobError, ValueError) as error:
-                    st.error(str(error))
-                else:
-                    ensure_local_worker(db)
-                    st.session_state["ft_selected_job"] = job.id
-                    st.session_state["ft_open_tab"] = "Jobs"
-                    st.rerun()
+                job = submit_job(db, adapter_name=adapter_name, dataset=dataset, base_model=base_model,
+                                 method=method, settings=training_settings)
+                ensure_local_worker(db)
+                st.session_state["ft_selected_job"] = job.id
+                st.session_state["ft_open_tab"] = "Jobs"
+                st.rerun()
 
 
 
 def jobs() -> None:
-    all_jobs = list_jobs(db)
+    all_jobs = list_jobs(db, kind="train")
     if not all_jobs:
         st.info("No jobs yet: start one in the New job tab.")
     else:
         st.dataframe(
             [{"id": j.id, "status": j.status, "adapter": j.adapter_name, "method": j.method, "dataset": j.dataset_name,
-              "step": f"{j.progress['step']}/{j.progress['max_steps']}" if j.progress else "",
+              "step": steps_done(j),
               "started": j.started_at.strftime("%Y-%m-%d %H:%M") if j.started_at else "", "host": j.host or ""}
              for j in all_jobs],
             hide_index=True, width="stretch",
@@ -93,22 +100,23 @@ def jobs() -> None:
 
 
 def adapters() -> None:
-    found = list_adapters()
+    found = list_adapters(db)
     if not found:
         st.info("Adapters appear here when a job succeeds; the Ask page can use them at once.")
     for adapter in found:
-        record = adapter_record(adapter.name)
+        record = adapter_record(db, adapter.name)
         with st.container(border=True):
             st.markdown(f"**{adapter.name}** · base `{adapter.base_model}`")
             metrics = record.get("metrics") or {}
             if metrics:
                 st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float)))
             left, right = st.columns(2)
-            left.download_button("Download (zip)", data=zip_adapter(adapter.name), file_name=f"{adapter.name}.zip",
+            # A callable: the zip is built only when this button is clicked, not for every adapter on every rerun.
+            left.download_button("Download (zip)", data=partial(zip_adapter, db, adapter.name), file_name=f"{adapter.name}.zip",
                                  mime="application/zip", key=f"download_{adapter.name}", icon=":material/download:")
             if right.button("Merge into the base model and export", key=f"merge_{adapter.name}"):
                 with st.spinner("Merging…"):
-                    folder = merge_adapter(adapter.name)
+                    folder = merge_adapter(db, adapter.name)
                 st.success(f"Merged model (safetensors) saved in {folder}")
 
 

@@ -7,7 +7,6 @@ import streamlit as st
 
 from core.config import get_settings
 from core.datasets import (
-    DatasetError,
     delete_dataset,
     delete_examples,
     generate_qa_dataset,
@@ -19,10 +18,9 @@ from core.datasets import (
     update_example,
 )
 from core.documents.library import list_collections
-from core.models import ModelNotAvailable
+from core.ui.errors import user_errors
 from core.ui.resources import database
 
-ERRORS = (DatasetError, ModelNotAvailable, ValueError)
 settings = get_settings()
 db = database()
 st.title("Training data")
@@ -36,10 +34,9 @@ def import_file() -> None:
     max_tokens = st.number_input("Longest example (tokens, chat template included)", 32, 32768, 1024, 32, key="td_max")
     if upload is None:
         return
-    try:
+    with user_errors() as caught:
         preview = preview_dataset(upload.name, upload.getvalue(), max_tokens=int(max_tokens))
-    except ERRORS as error:
-        st.error(str(error))
+    if caught.error:
         return
     st.markdown(preview.summary)
     for note in preview.notes:
@@ -56,11 +53,8 @@ def import_file() -> None:
     name = st.text_input("Dataset name", value=upload.name.rsplit(".", 1)[0], key="td_import_name")
     skip = st.checkbox(f"Save without the {len(preview.problems)} bad rows", key="td_skip") if preview.problems else False
     if st.button("Save dataset", type="primary", key="td_save", disabled=not preview.examples):
-        try:
+        with user_errors():
             info = save_dataset(db, name, preview, skip_bad_rows=skip)
-        except ERRORS as error:
-            st.error(str(error))
-        else:
             st.success(f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation examples.")
 
 
@@ -78,7 +72,7 @@ def generate() -> None:
     if not st.button("Generate", type="primary", key="td_generate"):
         return
     bar = st.progress(0.0, text="Writing pairs…")
-    try:
+    with user_errors() as caught:
         if kind.startswith("question"):
             report = generate_qa_dataset(db, name, collection, max_chunks=int(max_chunks),
                                          progress=lambda f: bar.progress(f, text="Writing pairs…"))
@@ -86,12 +80,9 @@ def generate() -> None:
         else:
             info = generate_text_dataset(db, name, collection, max_chunks=int(max_chunks))
             message = f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation passages."
-    except ERRORS as error:
-        bar.empty()
-        st.error(str(error))
-        return
     bar.empty()
-    st.success(message)
+    if not caught.error:
+        st.success(message)
 
 
 def browse() -> None:
@@ -113,11 +104,8 @@ def browse() -> None:
                 edited = st.text_area("Messages (JSON)", json.dumps(example.messages, indent=1, ensure_ascii=False),
                                       key=f"td_edit_{example.id}", height=160)
                 if st.button("Save", key=f"td_save_{example.id}"):
-                    try:
-                        update_example(db, example.id, json.loads(edited))
-                    except (json.JSONDecodeError, *ERRORS) as error:
-                        st.error(f"Not saved: {error}")
-                    else:
+                    with user_errors("Not saved: "):
+                        update_example(db, example.id, edited)
                         st.toast("Saved")
             else:
                 st.text(example.text)

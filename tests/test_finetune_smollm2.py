@@ -33,8 +33,8 @@ def test_training_loss_falls(db, trained):
     losses = [m["loss"] for m in job_metrics(db, trained.id) if m["loss"] is not None]
     assert len(losses) == 8
     assert sum(losses[-2:]) / 2 < 0.6 * sum(losses[:2]) / 2, losses
-    assert ADAPTER in {a.name for a in list_adapters()}
-    assert next(a for a in list_adapters() if a.name == ADAPTER).base_model == BUNDLED_MODEL
+    assert ADAPTER in {a.name for a in list_adapters(db)}
+    assert next(a for a in list_adapters(db) if a.name == ADAPTER).base_model == BUNDLED_MODEL
 
 
 def test_answers_with_the_adapter(db, trained):

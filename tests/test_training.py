@@ -16,6 +16,7 @@ import torch
 from tiny_models import build_tiny_model, tiny_tokenizer
 from training_helpers import chat, make_dataset, wait_for
 
+from core.db import open_database
 from core.jobs.queue import (
     JobError,
     cancel_job,
@@ -27,7 +28,7 @@ from core.jobs.queue import (
     resume_job,
 )
 from core.jobs.worker import run_worker
-from core.models.adapters import list_adapters
+from core.models.adapters import find_adapter, list_adapters
 from core.training.data import IGNORE, tokenize_chat
 from core.training.estimate import estimate_job, model_shape
 from core.training.run import explain_failure
@@ -38,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = with_overrides(PRESETS["quick CPU check"].settings, max_steps=4, save_steps=2, eval_steps=2, batch_size=2)
 
 
-def adapter_names() -> set[str]:
-    return {a.name for a in list_adapters()}
+def adapter_names(db) -> set[str]:
+    return {a.name for a in list_adapters(open_database())}  # the module's database (conftest's settings)
 
 
 def submit(db, dataset, adapter, base_model, settings=QUICK, method="lora"):
@@ -120,7 +121,7 @@ def test_lora_job_produces_an_adapter_that_changes_the_model(request, db, archit
     expected_targets = "['qkv_proj', 'o_proj']" if architecture.startswith("phi") else "['q_proj', 'k_proj', 'v_proj', 'o_proj']"
     assert f"LoRA on {expected_targets}" in log and "Done: adapter" in log
 
-    adapter = next(a for a in list_adapters() if a.name == f"tiny-{architecture}-lora")
+    adapter = find_adapter(db, f"tiny-{architecture}-lora")  # fetched into the local artifact cache
     assert adapter.base_model == base
     assert (adapter.path / "adapter_model.safetensors").is_file() and (adapter.path / "training.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(base)
@@ -146,7 +147,7 @@ def test_qlora_job_runs_on_the_cpu(db, tmp_path):
     job = get_job(db, job.id)
     assert job.status == "succeeded", "\n".join([job.error or "", *job_log_tail(db, job.id)])
     assert "4-bit NF4" in "\n".join(job_log_tail(db, job.id, 200))
-    assert "tiny-qlora" in adapter_names()
+    assert "tiny-qlora" in adapter_names(db)
 
 
 LONG = with_overrides(QUICK, max_steps=60, save_steps=5, eval_steps=0, logging_steps=1)
@@ -159,14 +160,14 @@ LONGER = with_overrides(LONG, max_steps=300)
 def test_cancel_stops_within_seconds_and_resume_continues_from_the_checkpoint(db, tiny_llama):
     job = submit(db, make_dataset(db, "facts-cancel"), "tiny-cancelled", tiny_llama, settings=LONGER)
     worker = start_worker_thread(db)
-    wait_for(lambda: (get_job(db, job.id).progress or {}).get("step", 0) >= 8, message="step 8")
+    wait_for(lambda: (get_job(db, job.id).progress or {}).get("done", 0) >= 8, message="step 8")
     cancelled_at = time.monotonic()
     cancel_job(db, job.id)
     wait_for(lambda: get_job(db, job.id).finished, timeout=10, message="the job to stop")
     assert time.monotonic() - cancelled_at < 10
     worker.join(timeout=30)
     job = get_job(db, job.id)
-    assert job.status == "cancelled" and "tiny-cancelled" not in adapter_names()
+    assert job.status == "cancelled" and "tiny-cancelled" not in adapter_names(db)
     checkpoints = sorted(Path(job.run_dir, "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert checkpoints, "a cancel saves a checkpoint"
     resumed_from = int(checkpoints[-1].name.split("-")[1])
@@ -178,26 +179,26 @@ def test_cancel_stops_within_seconds_and_resume_continues_from_the_checkpoint(db
     assert f"Resuming from checkpoint-{resumed_from}." in [line for _, line in job_log_since(db, job.id)]
     steps = [m["step"] for m in job_metrics(db, job.id) if m["loss"] is not None]
     assert steps == list(range(1, 301))  # no step lost or recorded twice across the two attempts
-    assert job.attempts == 2 and "tiny-cancelled" in adapter_names()
+    assert job.attempts == 2 and "tiny-cancelled" in adapter_names(db)
 
 
 def test_sigkill_of_the_training_process_fails_the_job_with_its_last_lines(db, tiny_llama):
     job = submit(db, make_dataset(db, "facts-kill"), "tiny-killed", tiny_llama, settings=LONG)
     worker = start_worker_thread(db)
-    wait_for(lambda: (get_job(db, job.id).progress or {}).get("step", 0) >= 3, message="training to start")
+    wait_for(lambda: (get_job(db, job.id).progress or {}).get("done", 0) >= 3, message="training to start")
     os.kill(get_job(db, job.id).pid, signal.SIGKILL)
     worker.join(timeout=60)
     job = get_job(db, job.id)
     assert job.status == "failed"
     assert "killed by signal SIGKILL" in job.error and "Last log lines:" in job.error and "step " in job.error
-    assert "tiny-killed" not in adapter_names()
+    assert "tiny-killed" not in adapter_names(db)
 
 
 def test_a_dead_worker_is_noticed_by_its_heartbeat(db, tiny_llama, settings):
     job = submit(db, make_dataset(db, "facts-dead-worker"), "tiny-orphan", tiny_llama, settings=LONG)
     worker = subprocess.Popen([sys.executable, "-m", "core", "worker", "--once"], cwd=ROOT, env={**os.environ},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for(lambda: (get_job(db, job.id).progress or {}).get("step", 0) >= 2, message="training to start")
+    wait_for(lambda: (get_job(db, job.id).progress or {}).get("done", 0) >= 2, message="training to start")
     training_pid = get_job(db, job.id).pid
     worker.kill()  # SIGKILL: no chance to record anything
     worker.wait()
@@ -230,7 +231,7 @@ def test_a_full_disk_while_checkpointing_fails_cleanly(db, tiny_llama, settings)
     job = get_job(db, job.id)
     assert job.status == "failed"
     assert job.error.startswith("The disk is full") and "resume the job" in job.error
-    assert "tiny-disk-full" not in adapter_names()
+    assert "tiny-disk-full" not in adapter_names(db)
 
 
 def test_explain_failure_messages(tmp_path):
@@ -279,19 +280,19 @@ def test_qlora_is_refused_when_bitsandbytes_cannot_quantize(db, tiny_llama, monk
         submit(db, make_dataset(db, "facts-no-4bit"), "x6", tiny_llama, method="qlora")
 
 
-def test_training_command_with_two_gpus_faked_goes_through_accelerate_launch(monkeypatch):
+def test_job_command_with_two_gpus_faked_goes_through_accelerate_launch(monkeypatch):
     """CUDA cannot run here: the GPU count is faked; accelerate's own parser reads the command."""
     from types import SimpleNamespace
 
     from accelerate.commands.launch import launch_command_parser
 
-    from core.jobs.worker import training_command
+    from core.jobs.worker import job_command
 
-    job = SimpleNamespace(id=7)  # the command needs only the job's id
-    assert training_command(job)[1:] == ["-m", "core.training.run", "--job", "7"]  # no GPU here: one plain process
+    job = SimpleNamespace(id=7, kind="train")  # the command needs only the job's id and kind
+    assert job_command(job)[1:] == ["-m", "core.training.run", "--job", "7"]  # no GPU here: one plain process
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    command = training_command(job)
+    command = job_command(job)
     assert command[1:3] == ["-m", "accelerate.commands.launch"]
     parsed = launch_command_parser().parse_args(command[3:])
     assert (parsed.num_processes, parsed.module, parsed.training_script, parsed.training_script_args) == (

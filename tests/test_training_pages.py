@@ -91,7 +91,7 @@ def test_start_a_job_watch_it_and_find_the_adapter(db, tiny_llama, stop_workers)
 
     wait_for(lambda: get_job(db, job.id).finished, timeout=400, message="the job to finish")
     assert get_job(db, job.id).status == "succeeded", get_job(db, job.id).error
-    assert "page-adapter" in {a.name for a in list_adapters()}
+    assert "page-adapter" in {a.name for a in list_adapters(db)}
     done = open_page("pages/finetune.py", tab="Jobs")
     done.selectbox(key="ft_selected_job").select(job.id).run()
     assert not done.exception

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from core.config import Settings, get_settings
-from core.db import Database
+from core.db import Database, open_database
 from core.documents.library import LibraryError, get_collection
 from core.documents.search import SearchHit, search
+from core.errors import UserError
 from core.models import NO_ADAPTER, Generation, LoadedModel, count_chat_tokens, load_model, stream_chat
 from core.models.adapters import find_adapter
 from core.models.generation import fold_system_turn_if_refused
@@ -27,7 +28,7 @@ SYSTEM_PROMPT = (
 )
 
 
-class QuestionError(ValueError):
+class QuestionError(UserError):
     """A question that cannot be answered as asked; the message says what to change."""
 
 
@@ -198,7 +199,8 @@ def ask(
     max_new_tokens = max_new_tokens or settings.max_new_tokens
     loaded = load_model(model_id, load_in_4bit=load_in_4bit, settings=settings)
     adapter = adapter or NO_ADAPTER
-    adapter_path = find_adapter(adapter, settings).path if adapter != NO_ADAPTER else None
+    # Adapters live in the database (an answer without RAG may come without one: open it then).
+    adapter_path = find_adapter(db or open_database(settings), adapter, settings).path if adapter != NO_ADAPTER else None
     question_tokens = count_chat_tokens(loaded, [{"role": "user", "content": question}])
     if question_tokens + max_new_tokens > loaded.context_window:
         raise QuestionError(

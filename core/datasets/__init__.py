@@ -10,7 +10,14 @@ the examples to the training code. See docs/datasets.md.
 from core.datasets.errors import DatasetError
 from core.datasets.formats import FORMAT_LABELS, RowProblem
 from core.datasets.generation import GenerationReport, QAPair, generate_qa_dataset, generate_text_dataset, parse_qa
-from core.datasets.preview import DEFAULT_MAX_TOKENS, DatasetPreview, ImportedExample, LengthStats, preview_dataset
+from core.datasets.preview import (
+    DEFAULT_MAX_TOKENS,
+    DatasetPreview,
+    ImportedExample,
+    LengthStats,
+    preview_dataset,
+    preview_dataset_file,
+)
 from core.datasets.splitting import DEFAULT_VALIDATION_FRACTION
 from core.datasets.store import (
     DatasetInfo,
@@ -30,5 +37,5 @@ __all__ = [
     "DEFAULT_MAX_TOKENS", "DEFAULT_VALIDATION_FRACTION", "FORMAT_LABELS", "DatasetError", "DatasetInfo", "DatasetPreview",
     "ExampleInfo", "GenerationReport", "ImportedExample", "LengthStats", "QAPair", "RowProblem", "delete_dataset",
     "delete_examples", "generate_qa_dataset", "generate_text_dataset", "get_dataset", "list_datasets", "list_examples",
-    "load_training_examples", "parse_qa", "preview_dataset", "save_dataset", "split_dataset", "update_example",
+    "load_training_examples", "parse_qa", "preview_dataset", "preview_dataset_file", "save_dataset", "split_dataset", "update_example",
 ]

@@ -8,11 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from core.datasets.errors import DatasetError
+from core.text import decode_bytes
 
 FileType = Literal["jsonl", "json", "csv"]
 FILE_TYPE_LABELS: dict[str, str] = {"jsonl": "JSON Lines", "json": "a JSON array", "csv": "CSV"}
@@ -39,42 +40,30 @@ def read_records(filename: str, data: bytes) -> tuple[FileType, str, list[str], 
 # --- bytes to text ----------------------------------------------------------------------------
 
 
+def read_file(path: Path) -> bytes:
+    """The bytes of a training file on disk (the CLI's import); a missing or unreadable one raises DatasetError."""
+    if path.is_dir():
+        raise DatasetError(f"{path} is a folder: name one JSONL, JSON or CSV file.")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: no such file. Check the path and the current folder.") from None
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read ({error.strerror or error}). Check the file and its permissions.") from error
+
+
+
 def decode(filename: str, data: bytes) -> tuple[str, str]:
     """(text, encoding): UTF-8 as most tools write it, else whatever charset-normalizer recognizes."""
     if not data.strip():
         raise DatasetError(f"{filename} is empty: there are no rows to import.")
-    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
-        if data.startswith(bom):
-            try:
-                return data.decode(encoding), encoding
-            except UnicodeDecodeError:
-                break
-    if b"\x00" not in data[:8192]:  # NUL bytes: UTF-16 without a mark, or a binary file
-        try:
-            return data.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            pass
-    from charset_normalizer import from_bytes
-
-    # Short texts decode cleanly in many code pages (charset-normalizer may not even offer cp1252 for
-    # French); among equally clean readings prefer the Western ones most exports use.
-    matches = [*from_bytes(data), *from_bytes(data, cp_isolation=list(_WESTERN))]
-    best = min(matches, key=lambda m: (round(m.chaos, 2), m.encoding not in _WESTERN)) if matches else None
-    if best is None or _looks_binary(str(best)):
+    decoded = decode_bytes(data)
+    if decoded is None:
         raise DatasetError(
             f"{filename} is not text: it is not UTF-8 and not in any other encoding we recognize (a spreadsheet "
             "or another binary file?). Save it as UTF-8 JSON Lines or CSV and try again."
         )
-    return str(best), best.encoding
-
-
-_WESTERN = ("cp1252", "latin_1", "iso8859_15")
-
-
-def _looks_binary(text: str) -> bool:
-    sample = text[:20000]
-    control = sum(1 for ch in sample if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f\v")
-    return "\x00" in sample or control > 0.02 * max(len(sample), 1)
+    return decoded
 
 
 def file_type_of(filename: str, text: str) -> FileType:

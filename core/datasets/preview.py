@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from core.config import Settings, get_settings
 from core.datasets.errors import DatasetError
-from core.datasets.files import FILE_TYPE_LABELS, FileType
+from core.datasets.files import FILE_TYPE_LABELS, FileType, read_file
 from core.datasets.formats import FORMAT_LABELS, Format, RowProblem, parse_training_file
+from core.formatting import plural
 
 DEFAULT_MAX_TOKENS = 1024
 
@@ -83,6 +85,13 @@ class DatasetPreview:
         return "\n".join([*map(str, shown), *([f"… and {more:,} more"] if more else [])])
 
 
+def preview_dataset_file(path: str | Path, *, model_id: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
+                         settings: Settings | None = None) -> DatasetPreview:
+    """preview_dataset of a file on disk; a missing or unreadable file raises DatasetError."""
+    path = Path(path)
+    return preview_dataset(path.name, read_file(path), model_id=model_id, max_tokens=max_tokens, settings=settings)
+
+
 def preview_dataset(filename: str, data: bytes, *, model_id: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS,
                     settings: Settings | None = None) -> DatasetPreview:
     """Parse and check a JSONL/JSON/CSV file; writes nothing. Raises DatasetError only when the file
@@ -114,10 +123,6 @@ def preview_dataset(filename: str, data: bytes, *, model_id: str | None = None, 
                           examples, problems, LengthStats.of(lengths), notes)
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
 # --- tokens -----------------------------------------------------------------------------------
 
 
@@ -133,14 +138,14 @@ def chat_tokenizer(model_id: str, settings: Settings | None = None) -> tuple[obj
 def _tokenizer_at(path: str) -> tuple[object, int]:
     from transformers import AutoConfig, AutoTokenizer
 
+    from core.models.context import context_window
+
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.chat_template is None:
         raise DatasetError(f"{path} has no chat template, so chat examples cannot be measured for it: choose an instruct/chat model.")
-    window = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None) or 2048
-    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:
-        window = min(window, tokenizer.model_max_length)
+    window = context_window(AutoConfig.from_pretrained(path), tokenizer)
     tokenizer.model_max_length = 2**40  # our own copy: measuring long rows is the point, no warning needed
-    return tokenizer, int(window)
+    return tokenizer, window
 
 
 def template_lengths(tokenizer, conversations: list[list[dict]], batch_size: int = 256) -> list[int | str]:

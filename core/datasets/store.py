@@ -18,9 +18,10 @@ from sqlalchemy.exc import IntegrityError
 
 from core.datasets.errors import DatasetError
 from core.datasets.formats import RowInvalid, check_messages, clean_text
-from core.datasets.preview import DEFAULT_MAX_TOKENS, DatasetPreview, chat_tokenizer, plural, template_lengths
+from core.datasets.preview import DEFAULT_MAX_TOKENS, DatasetPreview, chat_tokenizer, template_lengths
 from core.datasets.splitting import DEFAULT_VALIDATION_FRACTION, assign_splits, check_fraction, split_group
 from core.db import Database
+from core.formatting import plural
 
 Kind = Literal["chat", "text"]
 SPLITS = ("train", "validation")
@@ -216,10 +217,11 @@ def load_training_examples(db: Database, name: str) -> tuple[list, list]:
 # --- editing ----------------------------------------------------------------------------------
 
 
-def update_example(db: Database, example_id: int, messages: list[dict] | None = None, *, text: str | None = None,
+def update_example(db: Database, example_id: int, messages: list[dict] | str | None = None, *, text: str | None = None,
                    model_id: str | None = None, max_tokens: int = DEFAULT_MAX_TOKENS) -> ExampleInfo:
-    """Replace a chat example's messages (checked like an imported row) or a text example's text.
-    With `model_id`, the new messages must also fit `max_tokens` of that model."""
+    """Replace a chat example's messages (checked like an imported row; a string is read as their JSON,
+    as an editor holds them) or a text example's text. With `model_id`, the new messages must also
+    fit `max_tokens` of that model."""
     with db.engine.connect() as connection:
         chat = connection.execute(sql("SELECT messages IS NOT NULL FROM training_examples WHERE id = :i"), {"i": example_id}).scalar()
     if chat is None:

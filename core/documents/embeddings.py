@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from core.config import DEFAULT_EMBEDDING_MODEL
+from core.errors import UserError
 
 # Nothing may download weights at run time: the hub is only read from the local cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-class EmbeddingModelError(ValueError):
+class EmbeddingModelError(UserError):
     """The embedding model cannot be loaded here; the message says what to do."""
 
 

@@ -1,7 +1,9 @@
 """The one error type ingestion raises for bad input: it names the file and what to do."""
 
+from core.errors import UserError
 
-class IngestError(ValueError):
+
+class IngestError(UserError):
     def __init__(self, filename: str, problem: str, advice: str = ""):
         self.filename = filename
         self.problem = problem

@@ -19,9 +19,10 @@ from core.db import Database
 from core.db.tables import Chunk, Collection, Document
 from core.documents.chunking import embedding_text
 from core.documents.embeddings import load_embedder
+from core.errors import UserError
 
 
-class LibraryError(ValueError):
+class LibraryError(UserError):
     """A request the library cannot carry out; the message says why and what to do."""
 
 
@@ -228,14 +229,18 @@ def delete_document(db: Database, document_id: int) -> DocumentInfo:
 
 
 def document_chunks(db: Database, document_id: int, limit: int | None = None) -> list[ChunkInfo]:
+    """A document's chunks in order; an unknown document id raises LibraryError."""
     query = select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.ordinal)
     if limit:
         query = query.limit(limit)
     with Session(db.engine) as session:
-        return [
+        chunks = [
             ChunkInfo(c.id, c.ordinal, c.page, c.heading, c.text, c.char_start, c.char_end, c.token_count)
             for c in session.scalars(query)
         ]
+        if not chunks and session.get(Document, document_id) is None:
+            raise LibraryError(f"No document with id {document_id}; `python -m core documents list` shows the ids.")
+    return chunks
 
 
 def library_stats(db: Database) -> LibraryStats:

@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from core.documents.errors import IngestError
+from core.text import decode_bytes
 
 # pypdf logs every repair it attempts; the user gets one clear message from us instead.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -102,42 +103,14 @@ _NO_TEXT_ADVICE = {
 
 def decode_text(filename: str, data: bytes) -> str:
     """Decode bytes in whatever encoding they were written in; refuse binaries named like text."""
-    for bom, encoding in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
-        if data.startswith(bom):
-            return data.decode(encoding)
-    if b"\x00" not in data[:8192]:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    from charset_normalizer import from_bytes
-
-    matches = list(from_bytes(data))
-    best = min(matches, key=_encoding_preference) if matches else None
-    text = str(best) if best is not None else None
-    if text is None or _looks_binary(text):
+    decoded = decode_bytes(data)
+    if decoded is None:
         raise IngestError(
             filename,
             "is not readable text (it looks like a binary file with a text extension).",
             "Upload the original document (PDF, DOCX...) or export it as plain text.",
         )
-    return text
-
-
-# Short texts decode cleanly in many legacy code pages; among equally clean readings, prefer the
-# Western ones most documents use.
-_PREFERRED_ENCODINGS = ("cp1252", "latin_1", "iso8859_15")
-
-
-def _encoding_preference(match) -> tuple[float, int]:
-    preferred = match.encoding in _PREFERRED_ENCODINGS
-    return (round(match.chaos, 2), 0 if preferred else 1)
-
-
-def _looks_binary(text: str) -> bool:
-    sample = text[:20000]
-    control = sum(1 for ch in sample if unicodedata.category(ch) == "Cc" and ch not in "\n\r\t\f\v")
-    return "\x00" in sample or control > 0.02 * max(len(sample), 1)
+    return decoded[0]
 
 
 def _normalize_whitespace(text: str) -> str:

@@ -15,6 +15,7 @@ from core.db import Database
 from core.documents.chunking import ChunkDraft
 from core.documents.embeddings import load_embedder
 from core.documents.library import LibraryError, get_collection
+from core.errors import UserError
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("hybrid", "vector", "keyword")
@@ -71,7 +72,7 @@ class SearchHit:
     keyword_rank: int | None
 
 
-class QueryError(ValueError):
+class QueryError(UserError):
     """A query that cannot be run as given; the message says how to fix it."""
 
 

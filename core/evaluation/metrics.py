@@ -23,8 +23,7 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 ABSTENTION_PATTERNS: tuple[str, ...] = (
     r"\bthe (?:documents?|sources?|passages?|context|texts?|manuals?) (?:do|does|did) ?(?:not|n't) (?:say|mention|contain|state|specify|cover|include|provide|answer)",
     r"\bI (?:do not|don't|did not|didn't) know\b",
-    r"\bI (?:could not|couldn't|cannot|can't|can not|was unable to|am unable to) find\b",
-    r"\b(?:cannot|can't|can not|could not|couldn't|unable to) (?:be )?f(?:i|ou)nd\b",
+    r"\b(?:cannot|can't|can not|could not|couldn't|unable to) (?:be )?f(?:i|ou)nd\b",  # "I could not find", "cannot be found"
     r"\bnot (?:in|found in|covered (?:in|by)|given in|provided in|stated in|available in) the (?:documents?|sources?|passages?|context|texts?|manuals?)\b",
     r"\bnot mentioned\b",
     r"\bno (?:relevant |specific |such )?information\b",

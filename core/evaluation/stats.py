@@ -102,7 +102,7 @@ def paired_difference(
 
 
 def verdict(interval: Interval) -> str:
-    """"better" when the whole interval is above 0, "worse" when below, else "no detectable difference".
+    """Say "better" when the whole interval is above 0, "worse" when below, else "no detectable difference".
 
     A single observation has a zero-width interval that proves nothing, so it is never a verdict.
     """
@@ -116,16 +116,18 @@ def verdict(interval: Interval) -> str:
 # Bradley–Terry
 #
 # Each variant i has a strength p_i; i is preferred over j with probability p_i / (p_i + p_j).
-# A tie counts as half a win for each side (the usual "ties as half-wins" reading, as in
-# Chatbot Arena): it pulls the two strengths together without a separate tie parameter.
+# A tie counts as half a win for each side (the common "ties as half-wins" reading): it pulls the
+# two strengths together without a separate tie parameter (Rao–Kupper or Davidson models add one).
 # The fit is Hunter's (2004) MM algorithm: p_i <- W_i / sum_j N_ij / (p_i + p_j), where W_i is
-# i's wins (ties as halves) and N_ij the games between i and j.
+# i's wins (ties as halves) and N_ij the games between i and j, each step followed by the exact
+# best overall scale (see _fit_strengths); it converges in tens of steps rather than thousands.
 #
 # Prior: every variant also plays `prior_weight` virtual games, all tied, against a fixed
 # reference of strength 1. Without it a variant that won every vote would get an infinite
 # strength (and one that lost every vote zero); with it every strength is finite, and variants
 # that were never compared with each other still sit on one scale. One virtual tie is worth
-# less than one real vote, so a handful of votes already outweighs it.
+# less than one real vote, so a handful of votes already outweighs it. Lower prior_weight to
+# trust the votes more (0.01: A beating B 3 times in 4 gives a ratio of about 3).
 #
 # Strengths are returned scaled so their geometric mean is 1: a strength of 2 means twice the
 # odds of being preferred over a typical variant, and p_i / p_j is the odds that i beats j.
@@ -154,22 +156,55 @@ def _vote_tables(votes: Sequence[Sequence[Comparison]], players: Sequence[str]) 
     return wins, games
 
 
+def _best_scale(log_strengths: np.ndarray, reference_ties: np.ndarray) -> np.ndarray:
+    """The shift c that maximises the likelihood of log_strengths + c, for a batch (..., P) → (..., 1).
+
+    Only the games against the reference depend on the overall scale; the optimum has each player's
+    expected score against it summing to the observed half-wins: sum_i r_i (sigmoid(theta_i + c) - 1/2) = 0.
+    """
+    shift = np.zeros(log_strengths.shape[:-1] + (1,))
+    for _ in range(50):
+        expected = 1.0 / (1.0 + np.exp(-(log_strengths + shift)))
+        slope = (reference_ties * expected * (1 - expected)).sum(axis=-1, keepdims=True)
+        excess = (reference_ties * (expected - 0.5)).sum(axis=-1, keepdims=True)
+        step = np.clip(excess / slope, -1.0, 1.0)
+        shift = shift - step
+        if np.max(np.abs(step), initial=0.0) < 1e-12:
+            break
+    return shift
+
+
 def _fit_strengths(
-    wins: np.ndarray, games: np.ndarray, prior_weight: float, iterations: int, tolerance: float
+    wins: np.ndarray,
+    games: np.ndarray,
+    reference_ties: np.ndarray,
+    iterations: int,
+    tolerance: float,
 ) -> np.ndarray:
-    """MM fit for a batch of tables: wins (..., P), games (..., P, P) → strengths (..., P), geometric mean 1."""
-    strengths = np.ones_like(wins)
-    numerator = wins + prior_weight / 2
+    """MM fit for a batch of tables → strengths (..., P) with geometric mean 1.
+
+    wins (..., P): wins with ties as halves; games (..., P, P): games between each pair;
+    reference_ties (..., P): the prior's tied virtual games of each player against the reference.
+    Each MM step is followed by the exact best overall scale: the MM step alone moves the scale
+    very slowly when the real games far outnumber the prior's, and the scale only matters through the prior.
+    """
+    log_strengths = np.zeros_like(wins)
+    numerator = wins + reference_ties / 2
     for _ in range(iterations):
+        strengths = np.exp(log_strengths)
         pair_sums = strengths[..., :, None] + strengths[..., None, :]
-        denominator = (games / pair_sums).sum(axis=-1) + prior_weight / (strengths + 1.0)
-        updated = numerator / denominator
-        change = np.max(np.abs(np.log(updated) - np.log(strengths)), initial=0.0)
-        strengths = updated
+        denominator = (games / pair_sums).sum(axis=-1) + reference_ties / (strengths + 1.0)
+        updated = np.log(numerator / denominator)
+        updated = updated + _best_scale(updated, reference_ties)
+        change = np.max(np.abs(updated - log_strengths), initial=0.0)
+        log_strengths = updated
         if change < tolerance:
             break
-    log_strengths = np.log(strengths)
     return np.exp(log_strengths - log_strengths.mean(axis=-1, keepdims=True))
+
+
+def _as_votes(items: Iterable[Comparison | Sequence[Comparison]]) -> list[list[Comparison]]:
+    return [[item] if isinstance(item, Comparison) else list(item) for item in items]
 
 
 def _check_prior(prior_weight: float) -> None:
@@ -178,29 +213,48 @@ def _check_prior(prior_weight: float) -> None:
 
 
 def bradley_terry(
-    comparisons: Iterable[Comparison],
+    comparisons: Iterable[Comparison | Sequence[Comparison]],
     *,
     players: Iterable[str] = (),
     prior_weight: float = 1.0,
-    iterations: int = 10_000,
+    iterations: int = 1000,
     tolerance: float = 1e-10,
 ) -> dict[str, float]:
     """Bradley–Terry strength of each variant from pairwise results, geometric mean 1 (see the notes above).
 
-    `players` adds variants that have no comparisons yet; they get strength from the prior alone.
+    Items are Comparisons or whole votes (lists from votes_to_comparisons). `players` adds variants
+    that have no comparisons yet; they get strength from the prior alone.
     """
     _check_prior(prior_weight)
-    comparisons = list(comparisons)
+    comparisons = [comparison for vote in _as_votes(comparisons) for comparison in vote]
     names = _players(comparisons, players)
     if not names:
         return {}
     wins, games = _vote_tables([comparisons], names)
-    strengths = _fit_strengths(wins[0], games[0], prior_weight, iterations, tolerance)
+    strengths = _fit_strengths(wins[0], games[0], np.full(len(names), prior_weight), iterations, tolerance)
     return {name: float(strength) for name, strength in zip(names, strengths, strict=True)}
 
 
-def _as_votes(items: Iterable[Comparison | Sequence[Comparison]]) -> list[list[Comparison]]:
-    return [[item] if isinstance(item, Comparison) else list(item) for item in items]
+def _bootstrap_strengths(
+    wins: np.ndarray, games: np.ndarray, prior_weight: float, resamples: int, seed: int, iterations: int, tolerance: float
+) -> np.ndarray:
+    """Strengths fitted on `resamples` draws of the votes with replacement → (resamples, P).
+
+    Half of the prior stays fixed (so every strength is finite); the other half joins the votes as
+    one virtual vote per player and is resampled with them. Without that, a few identical votes
+    would resample to the same votes every time, a zero-width interval, and "the order is decided"
+    after two votes.
+    """
+    players = wins.shape[1]
+    pool_wins = np.concatenate([wins, np.zeros((players, players))])
+    pool_games = np.concatenate([games, np.zeros((players, players, players))])
+    pool_reference = np.concatenate([np.zeros_like(wins), np.eye(players) * prior_weight / 2])
+    pool_size = len(pool_wins)
+    rng = np.random.default_rng(seed)
+    # How often each vote is drawn in each resample (pool_size draws with replacement).
+    counts = rng.multinomial(pool_size, np.full(pool_size, 1 / pool_size), size=resamples).astype(float)
+    reference_ties = prior_weight / 2 + counts @ pool_reference
+    return _fit_strengths(counts @ pool_wins, np.tensordot(counts, pool_games, axes=1), reference_ties, iterations, tolerance)
 
 
 def bradley_terry_intervals(
@@ -210,7 +264,7 @@ def bradley_terry_intervals(
     confidence: float = 0.95,
     seed: int = 0,
     prior_weight: float = 1.0,
-    iterations: int = 10_000,
+    iterations: int = 1000,
     tolerance: float = 1e-8,
 ) -> dict[str, Interval]:
     """Each variant's strength with a bootstrap interval over votes.
@@ -226,11 +280,8 @@ def bradley_terry_intervals(
     if not names:
         return {}
     wins, games = _vote_tables(votes, names)
-    point = _fit_strengths(wins.sum(axis=0), games.sum(axis=0), prior_weight, iterations, tolerance)
-    rng = np.random.default_rng(seed)
-    # How often each vote is drawn in each resample (drawing len(votes) votes with replacement).
-    counts = rng.multinomial(len(votes), np.full(len(votes), 1 / len(votes)), size=resamples).astype(float)
-    sampled = _fit_strengths(counts @ wins, np.tensordot(counts, games, axes=1), prior_weight, iterations, tolerance)
+    point = _fit_strengths(wins.sum(axis=0), games.sum(axis=0), np.full(len(names), prior_weight), iterations, tolerance)
+    sampled = _bootstrap_strengths(wins, games, prior_weight, resamples, seed, iterations, tolerance)
     low, high = _percentiles(sampled, confidence)
     appearances = (games.sum(axis=-1) > 0).sum(axis=0)
     return {
@@ -239,11 +290,18 @@ def bradley_terry_intervals(
     }
 
 
-def ranking_decided(intervals: Mapping[str, Interval]) -> bool:
-    """False while any two neighbours in the ranking have overlapping intervals: "the order is not yet decided".
+def ranking_decided(intervals: Mapping[str, Interval], *, min_votes: int = 5) -> bool:
+    """False while the order is not yet decided: two neighbours in the ranking have overlapping intervals,
+    or some variant has fewer than min_votes votes.
 
-    With fewer than two variants there is no order to decide, so True.
+    The vote minimum is there because a bootstrap cannot show uncertainty that a few votes do not
+    contain: three identical votes resample to three identical votes. With fewer than two variants
+    there is no order to decide, so True.
     """
+    if len(intervals) < 2:
+        return True
+    if any(interval.n < min_votes for interval in intervals.values()):
+        return False
     ranked = sorted(intervals.values(), key=lambda interval: interval.mean, reverse=True)
     return all(upper.low > lower.high for upper, lower in zip(ranked, ranked[1:], strict=False))
 
@@ -261,4 +319,3 @@ def votes_to_comparisons(variants: Sequence[str], choice: str) -> list[Compariso
     if choice in (TIE, ALL_WRONG):
         return [Comparison(first, second, "tie") for k, first in enumerate(variants) for second in variants[k + 1 :]]
     raise ValueError(f"The vote must name one of {list(variants)}, {TIE!r} or {ALL_WRONG!r}; got {choice!r}.")
-

@@ -1,8 +1,11 @@
-"""python -m core worker: claims queued jobs and runs each in its own training process.
+"""python -m core.jobs.worker (or `python -m core worker`): claims queued jobs of every kind and
+runs each in its own process, started by the kind's module name.
 
-The worker keeps the job alive in Postgres (heartbeat), ships the process's output lines to the
-job's log, turns a cancel into SIGTERM (SIGKILL if the process does not stop within seconds), and
-records how the process ended. Any machine with the same DATABASE_URL can run a worker.
+The worker keeps the job alive in Postgres (heartbeat, under the claim's owner token), ships the
+process's output lines to the job's log, turns a cancel into SIGTERM (SIGKILL if the process does
+not stop within seconds), stops the process at once when the job is no longer its own (declared
+dead meanwhile), and records how the process ended. It is also the one place that declares other
+workers' jobs dead. Any machine with the same DATABASE_URL can run a worker.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from sqlalchemy import text
 
 from core.config import Settings, get_settings
 from core.db import Database
+from core.jobs.kinds import job_kind
+from core.jobs.process import OWNER_ENV
 from core.jobs.queue import (
     Job,
     append_log,
@@ -45,9 +50,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def training_command(job: Job) -> list[str]:
-    """One process per job; with several GPUs, accelerate launches one per GPU."""
-    command = ["-m", "core.training.run", "--job", str(job.id)]
+def job_command(job: Job) -> list[str]:
+    """One process per job, by the kind's module; with several GPUs, accelerate launches training
+    once per GPU."""
+    command = ["-m", job_kind(job.kind).module, "--job", str(job.id)]
+    if job.kind != "train":
+        return [sys.executable, *command]
     try:
         import torch
 
@@ -62,8 +70,8 @@ def training_command(job: Job) -> list[str]:
 class LogShipper:
     """Copies complete new lines of the process's output file into the job's log."""
 
-    def __init__(self, db: Database, job_id: int, path: Path):
-        self.db, self.job_id, self.path = db, job_id, path
+    def __init__(self, db: Database, job_id: int, owner: str, path: Path):
+        self.db, self.job_id, self.owner, self.path = db, job_id, owner, path
         self.offset = path.stat().st_size if path.exists() else 0
 
     def ship(self, final: bool = False) -> None:
@@ -74,7 +82,7 @@ class LogShipper:
             chunk = chunk[: chunk.rfind(b"\n") + 1]
         self.offset += len(chunk)
         lines = chunk.decode("utf-8", errors="replace").replace("\r", "\n").split("\n")
-        append_log(self.db, self.job_id, lines)
+        append_log(self.db, self.job_id, lines, owner=self.owner)
 
 
 def run_job(db: Database, job: Job, settings: Settings) -> str:
@@ -83,14 +91,16 @@ def run_job(db: Database, job: Job, settings: Settings) -> str:
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / "output.log"
     output.touch()
-    shipper = LogShipper(db, job.id, output)
+    shipper = LogShipper(db, job.id, job.owner, output)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "EXPERT_STUDIO_DATA_DIR": str(settings.data_dir.resolve()),
-           "TOKENIZERS_PARALLELISM": "false"}
+           "TOKENIZERS_PARALLELISM": "false", OWNER_ENV: job.owner}
     with open(output, "ab") as sink:
-        process = subprocess.Popen(training_command(job), stdout=sink, stderr=subprocess.STDOUT, env=env,
+        process = subprocess.Popen(job_command(job), stdout=sink, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True, preexec_fn=_die_with_parent, cwd=Path(__file__).parents[2])
-    append_log(db, job.id, [f"Worker {socket.gethostname()}:{os.getpid()} started training process {process.pid}."])
+    append_log(db, job.id, [f"Worker {socket.gethostname()}:{os.getpid()} started process {process.pid} for this "
+                            f"{job.kind} job."], owner=job.owner)
     cancel_deadline = None
+    lost = False
     last_beat = 0.0
     while process.poll() is None:
         time.sleep(0.5)
@@ -98,25 +108,32 @@ def run_job(db: Database, job: Job, settings: Settings) -> str:
         if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
             last_beat = time.monotonic()
             _register(db)  # the worker is alive too, so the app does not start another one
-            if heartbeat(db, job.id, process.pid) and cancel_deadline is None:
+            fail_stale_jobs(db)  # other workers' dead jobs; this one's is fresh
+            beat = heartbeat(db, job.id, job.owner, process.pid)
+            if not beat.owned and not lost:
+                # Declared dead or claimed again elsewhere: this attempt must not go on writing.
+                lost = True
+                print(f"Job {job.id} is no longer this worker's: stopping its process.", flush=True)
+                _signal_group(process.pid, signal.SIGKILL)
+            elif beat.cancel_requested and cancel_deadline is None:
                 _signal_group(process.pid, signal.SIGTERM)
                 cancel_deadline = time.monotonic() + CANCEL_GRACE_SECONDS
         if cancel_deadline is not None and time.monotonic() > cancel_deadline:
-            append_log(db, job.id, ["The training process did not stop in time: killed."])
+            append_log(db, job.id, ["The process did not stop in time: killed."], owner=job.owner)
             _signal_group(process.pid, signal.SIGKILL)
             cancel_deadline = float("inf")
     shipper.ship(final=True)
 
     ended = get_job(db, job.id)
-    if ended.status == "running":  # the process died without recording an ending
+    if ended.status == "running" and ended.owner == job.owner:  # the process died without recording an ending
         if ended.cancel_requested:
-            finish_job(db, job.id, "cancelled", error="Cancelled by the user. Resume continues from the last checkpoint.")
+            finish_job(db, job.id, job.owner, "cancelled", error="Cancelled by the user. Resume continues from what it saved.")
         else:
             code = process.returncode
             how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
             tail = "\n".join(job_log_tail(db, job.id, 8))
-            finish_job(db, job.id, "failed",
-                       error=f"The training process {how}. Resume it to continue from the last checkpoint.\n"
+            finish_job(db, job.id, job.owner, "failed",
+                       error=f"The job's process {how}. Resume it to continue from what it saved.\n"
                              f"Last log lines:\n{tail}")
     return get_job(db, job.id).status
 
@@ -169,7 +186,7 @@ def run_worker(db: Database, settings: Settings | None = None, *, once: bool = F
                     return
                 time.sleep(poll_seconds)
                 continue
-            print(f"Job {job.id}: {job.adapter_name} ({job.method}) started.", flush=True)
+            print(f"Job {job.id} ({job.kind}): {job.title} started.", flush=True)
             status = run_job(db, job, settings)
             print(f"Job {job.id}: {status}.", flush=True)
             idle_since = time.monotonic()

@@ -1,7 +1,7 @@
 """Load a causal LM once per process on the best device, and switch LoRA adapters on it.
 
-Device and precision are chosen for the user: CUDA in bf16 (fp16 where bf16 is missing), else the
-CPU in float32; 4-bit NF4 through bitsandbytes on request. bitsandbytes is imported only then.
+Device and precision are chosen for the user (core.models.device): CUDA in bf16 (fp16 where bf16 is
+missing), else the CPU in float32; 4-bit NF4 through bitsandbytes on request, imported only then.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import Settings, get_settings
+from core.formatting import human_size
 from core.models.adapters import AdapterError
+from core.models.context import context_window
+from core.models.device import choose_device, four_bit_config
 from core.models.registry import ModelNotAvailable, resolve_model_path
 
 NO_ADAPTER = "none"
@@ -36,16 +39,7 @@ class LoadedModel:
     @property
     def description(self) -> str:
         precision = "4-bit NF4" if self.quantized_4bit else self.dtype
-        return f"{self.model_id} on {self.device} ({precision}, {self.memory_bytes / 2**20:,.0f} MB)"
-
-
-def choose_device() -> tuple[str, str]:
-    """(device, dtype name) for this machine."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "cpu", "float32"
+        return f"{self.model_id} on {self.device} ({precision}, {human_size(self.memory_bytes)})"
 
 
 def _load(model_id: str, load_in_4bit: bool, settings: Settings) -> LoadedModel:
@@ -57,7 +51,7 @@ def _load(model_id: str, load_in_4bit: bool, settings: Settings) -> LoadedModel:
     dtype = getattr(torch, dtype_name)
     kwargs: dict = {"dtype": dtype}
     if load_in_4bit:
-        kwargs["quantization_config"] = _four_bit_config(dtype)
+        kwargs["quantization_config"] = four_bit_config(dtype)
         kwargs["device_map"] = {"": device}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -81,28 +75,8 @@ def _load(model_id: str, load_in_4bit: bool, settings: Settings) -> LoadedModel:
         dtype=dtype_name,
         quantized_4bit=load_in_4bit,
         memory_bytes=int(model.get_memory_footprint()),
-        context_window=_context_window(model, tokenizer),
+        context_window=context_window(model.config, tokenizer),
     )
-
-
-def _four_bit_config(compute_dtype):
-    from transformers import BitsAndBytesConfig
-
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as error:
-        raise ModelNotAvailable("4-bit loading needs bitsandbytes, which is not installed or cannot run here.") from error
-    return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute_dtype
-    )
-
-
-def _context_window(model, tokenizer) -> int:
-    window = getattr(model.config, "max_position_embeddings", None) or 2048
-    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
-    if tokenizer_limit and tokenizer_limit < 1_000_000:
-        window = min(window, tokenizer_limit)
-    return int(window)
 
 
 _lock = threading.Lock()
@@ -152,6 +126,12 @@ def use_adapter(loaded: LoadedModel, name: str | None, path: Path | None = None)
 
     if not name or name == NO_ADAPTER:
         return
+    if name in loaded.adapters and path is not None and Path(path) != loaded.adapters[name]:
+        # The name now means other files (adapters are cached by content hash: retrained, new path):
+        # drop the old weights instead of answering with them.
+        if isinstance(loaded.model, PeftModel) and name in loaded.model.peft_config:
+            loaded.model.delete_adapter(name)
+        del loaded.adapters[name]
     if name not in loaded.adapters:
         if path is None:
             raise AdapterError(f"Adapter {name!r} is not known; give its folder.")

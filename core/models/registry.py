@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Settings, get_settings
+from core.errors import UserError
 
 BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelNotAvailable(ValueError):
+class ModelNotAvailable(UserError):
     """The model cannot be loaded here; the message says why and what to do."""
 
 

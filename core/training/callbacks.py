@@ -3,13 +3,12 @@ when a cancel arrives, saving a checkpoint first so the job can be resumed."""
 
 from __future__ import annotations
 
-import signal
 import time
 
 from transformers import TrainerCallback
 
-from core.db import Database
-from core.jobs.queue import get_job, record_metrics, record_progress
+from core.jobs.process import JobContext
+from core.jobs.queue import record_metrics, record_progress
 
 
 def peak_memory_mb() -> float:
@@ -22,23 +21,11 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-class StopRequest:
-    """Set by SIGTERM (the worker's cancel) or by the job's cancel flag in the database."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        self.requested = True
-
-
 class DatabaseReporter(TrainerCallback):
-    def __init__(self, db: Database, job_id: int, stop: StopRequest, *, check_every: float = 2.0):
-        self.db, self.job_id, self.stop = db, job_id, stop
-        self.check_every = check_every
+    def __init__(self, context: JobContext):
+        self.context = context
+        self.db, self.job_id, self.owner = context.db, context.job.id, context.owner
         self.cancelled = False
-        self._last_check = 0.0
         self._last_tokens = 0
         self._last_time = time.perf_counter()
         self._started = time.perf_counter()
@@ -56,15 +43,11 @@ class DatabaseReporter(TrainerCallback):
         done = state.global_step - self._start_step
         elapsed = time.perf_counter() - self._started
         remaining = (state.max_steps - state.global_step) * elapsed / done if done else None
-        record_progress(self.db, self.job_id, {
-            "step": state.global_step, "max_steps": state.max_steps, "epoch": state.epoch,
+        record_progress(self.db, self.job_id, self.owner, {
+            "done": state.global_step, "total": state.max_steps, "unit": "steps", "epoch": state.epoch,
             "elapsed_seconds": elapsed, "eta_seconds": remaining,
         })
-        now = time.perf_counter()
-        if not self.stop.requested and now - self._last_check >= self.check_every:
-            self._last_check = now
-            self.stop.requested = get_job(self.db, self.job_id).cancel_requested
-        if self.stop.requested:
+        if self.context.cancel_requested:
             self.cancelled = True
             control.should_save = True  # a checkpoint to resume from
             control.should_training_stop = True
@@ -89,6 +72,6 @@ class DatabaseReporter(TrainerCallback):
         }
         if values["loss"] is None and values["eval_loss"] is None:
             return  # the end-of-training summary: reported as the job's final metrics instead
-        record_metrics(self.db, self.job_id, state.global_step, values)
+        record_metrics(self.db, self.job_id, self.owner, state.global_step, values)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if v is not None and k != "epoch")
         print(f"step {state.global_step}/{state.max_steps} epoch {values['epoch'] or 0:.2f}: {shown}", flush=True)

@@ -1,69 +1,41 @@
 """python -m core.training.run --job ID: one fine-tuning run, top to bottom.
 
-The worker starts this in its own process for each job: settings → data → model → LoRA → train →
+The worker starts this in its own process for each training job: settings → data → model → LoRA → train →
 adapter. The job's full settings are written next to its checkpoints, so a result can be
 reproduced from its run folder alone.
 """
 
 from __future__ import annotations
 
-import argparse
-import errno
 import json
 import os
 import re
 import shutil
-import sys
-import traceback
 from pathlib import Path
 
-from core.config import get_settings
-from core.db import open_database
-from core.jobs.queue import Job, finish_job, forget_metrics_after, get_job, set_run_dir
+from core.jobs.process import Cancelled, JobContext, default_explanation, main_for
+from core.jobs.queue import forget_metrics_after
 from core.models.adapters import publish_adapter
 from core.models.registry import resolve_model_path
-from core.training.callbacks import DatabaseReporter, StopRequest
+from core.training.callbacks import DatabaseReporter
 from core.training.data import PadToLongest, tokenize_examples
 from core.training.spec import target_modules_for
 
 
-class Cancelled(Exception):
-    pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.training.run")
-    parser.add_argument("--job", type=int, required=True)
-    args = parser.parse_args(argv)
-
-    settings = get_settings()
-    db = open_database(settings)
-    stop = StopRequest()  # installed first: a cancel during model loading is not lost
-    job = get_job(db, args.job)
-    run_dir = settings.data_dir.resolve() / "runs" / f"job-{job.id}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_run_dir(db, job.id, str(run_dir))
-    (run_dir / "job.json").write_text(json.dumps(
+def run(context: JobContext) -> dict:
+    """The job's entry point: record what is trained, train, publish the adapter."""
+    job = context.job
+    (context.run_dir / "job.json").write_text(json.dumps(
         {"job": job.id, "adapter": job.adapter_name, "dataset": job.dataset_name, "base_model": job.base_model,
          "method": job.method, "settings": job.settings.to_dict()}, indent=2))
-    print(f"Job {job.id}: {job.method.upper()} of {job.base_model} on dataset {job.dataset_name!r} "
-          f"→ adapter {job.adapter_name!r} (attempt {job.attempts}).", flush=True)
-    try:
-        metrics = train(db, job, run_dir, stop)
-    except Cancelled:
-        finish_job(db, job.id, "cancelled", error="Cancelled by the user. Resume continues from the last checkpoint.")
-        print("Cancelled.", flush=True)
-        return 0
-    except BaseException as error:
-        traceback.print_exc()
-        finish_job(db, job.id, "failed", error=explain_failure(error, run_dir))
-        return 1
-    finish_job(db, job.id, "succeeded", final_metrics=metrics)
+    print(f"{job.method.upper()} of {job.base_model} on dataset {job.dataset_name!r} → adapter {job.adapter_name!r}.",
+          flush=True)
+    metrics = train(context)
     print(f"Done: adapter {job.adapter_name!r} saved. {json.dumps(metrics)}", flush=True)
-    return 0
+    return metrics
 
 
-def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
+def train(context: JobContext) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
@@ -71,6 +43,7 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
 
     from core.datasets import load_training_examples
 
+    db, job, run_dir = context.db, context.job, context.run_dir
     s = job.settings
     set_seed(s.seed)
 
@@ -143,7 +116,7 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    reporter = DatabaseReporter(db, job.id, stop)
+    reporter = DatabaseReporter(context)
     trainer = Trainer(model=model, args=arguments, train_dataset=train_rows,
                       eval_dataset=validation_rows or None, data_collator=PadToLongest(tokenizer.pad_token_id),
                       callbacks=[reporter])
@@ -154,7 +127,7 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
         step = int(resume_from.name.split("-")[-1])
         forget_metrics_after(db, job.id, step)
         print(f"Resuming from {resume_from.name}.", flush=True)
-    if stop.requested:
+    if context.cancel_requested:
         raise Cancelled
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if reporter.cancelled:
@@ -171,7 +144,7 @@ def train(db, job: Job, run_dir: Path, stop: StopRequest) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    publish_adapter(staging, job, metrics)
+    publish_adapter(db, staging, job, metrics)
     return metrics
 
 
@@ -184,29 +157,12 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def _disk_full(error: BaseException | None) -> bool:
-    """ENOSPC anywhere in the chain; safetensors and torch wrap it in their own error types."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error) or "os error 28" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
 def explain_failure(error: BaseException, run_dir: Path) -> str:
-    """The reason a user reads in the jobs table: what happened and what to do."""
-    if _disk_full(error):
-        free = shutil.disk_usage(run_dir).free / 2**20
-        return (f"The disk is full ({free:,.0f} MB free where the run writes: {run_dir}). Free some space, then resume "
-                "the job: it continues from the last complete checkpoint.")
+    """Training's own advice for running out of memory; everything else as for any job."""
     if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
         return "Out of memory: use QLoRA, a smaller batch, a shorter max sequence length, or gradient checkpointing."
-    if isinstance(error, KeyboardInterrupt):
-        return "Interrupted."
-    return f"{type(error).__name__}: {str(error)[:1500]}"
+    return default_explanation(error, run_dir)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_for(run, explain=explain_failure)

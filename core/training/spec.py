@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict
+
 Method = Literal["lora", "qlora"]
 
 
@@ -113,3 +115,16 @@ def target_modules_for(model_type: str, choice: str = "auto") -> list[str] | str
 
 def with_overrides(settings: TrainingSettings, **overrides) -> TrainingSettings:
     return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class TrainParams(BaseModel):
+    """A training job's parameters as stored in its row (validated before it is queued)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter_name: str
+    dataset_id: int
+    dataset_name: str
+    base_model: str
+    method: Method
+    settings: dict

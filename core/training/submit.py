@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from core.config import Settings, get_settings
 from core.db import Database
 from core.jobs.queue import Job, JobError, create_job, validate_adapter_name
-from core.models.adapters import find_adapter
+from core.models.adapters import adapter_exists
 from core.models.registry import ModelNotAvailable, resolve_model_path
 from core.training.estimate import Estimate, estimate_job, model_shape
-from core.training.spec import Method, TrainingSettings
+from core.training.spec import Method, TrainingSettings, TrainParams
 
 # bitsandbytes' CPU kernels (on CPUs with AVX512-BF16) reshape each 4-bit layer into blocks of this many inputs.
 FOUR_BIT_BLOCK = 64
@@ -97,15 +97,12 @@ def submit_job(db: Database, *, adapter_name: str, dataset: str, base_model: str
     from core.datasets import get_dataset
 
     adapter_name = validate_adapter_name(adapter_name)
-    try:
-        find_adapter(adapter_name, app_settings)
-    except ValueError:
-        pass
-    else:
+    if adapter_exists(db, adapter_name):
         raise JobError(f"An adapter named {adapter_name!r} already exists; choose another name or delete it first.")
     info = get_dataset(db, dataset)
     if method == "qlora":
         check_four_bit_support()
     plan_job(db, dataset=dataset, base_model=base_model, method=method, settings=settings, app_settings=app_settings)
-    return create_job(db, adapter_name=adapter_name, dataset_id=info.id, base_model=base_model, method=method,
-                      settings=settings)
+    params = TrainParams(adapter_name=adapter_name, dataset_id=info.id, dataset_name=info.name, base_model=base_model,
+                         method=method, settings=settings.to_dict())
+    return create_job(db, kind="train", params=params, title=f"Fine-tune {adapter_name}", unique_key="adapter_name")

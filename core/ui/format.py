@@ -4,20 +4,7 @@ from __future__ import annotations
 
 from core.documents.library import DocumentInfo
 from core.documents.search import SearchHit
-
-
-def plural(n: int, word: str, plural_word: str | None = None, *, bold: bool = False) -> str:
-    """"1 chunk", "3 chunks", "1,204 chunks": a count with its noun in the right number (`bold`: "**3** chunks")."""
-    count = f"**{n:,}**" if bold else f"{n:,}"
-    return f"{count} {word if n == 1 else plural_word or word + 's'}"
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+from core.formatting import human_size
 
 
 def documents_table(documents: list[DocumentInfo]) -> list[dict]:

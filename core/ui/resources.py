@@ -7,11 +7,15 @@ import streamlit as st
 from core.config import get_settings
 from core.db import Database, open_database
 from core.models import LoadedModel, load_model
+from core.models.adapters import import_local_adapters
 
 
 @st.cache_resource(show_spinner="Starting the database…")
 def database() -> Database:
-    return open_database(get_settings())
+    settings = get_settings()
+    db = open_database(settings)
+    import_local_adapters(db, settings)  # adapters saved as folders by older versions join the database once
+    return db
 
 
 @st.cache_resource(show_spinner="Loading the language model (the first time converts the bundled model)…")

@@ -7,7 +7,7 @@ import streamlit as st
 from core.config import get_settings
 from core.db import Database
 from core.documents.library import library_stats
-from core.ui.format import plural
+from core.formatting import plural
 
 
 def render_sidebar(db: Database) -> None:

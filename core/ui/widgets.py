@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.db import Database
-from core.documents.library import CollectionInfo, LibraryError, create_collection, ensure_collection, list_collections
+from core.documents.library import CollectionInfo, create_collection, ensure_collection, list_collections
+from core.errors import UserError
 
 SELECTED_COLLECTION = "selected_collection"
 _NEW_COLLECTION_POPOVER = "new_collection_popover"
@@ -49,7 +50,7 @@ def _create_collection(db: Database) -> None:
             db, state["new_collection_name"], embedding_model=state["new_collection_model"] or None,
             chunk_tokens=int(state["new_collection_tokens"]), chunk_overlap=int(state["new_collection_overlap"]),
         )
-    except LibraryError as error:
+    except UserError as error:  # a taken name, or an embedding model that cannot load
         state[_NEW_COLLECTION_ERROR] = str(error)  # shown in the form, which stays open
     else:
         state[SELECTED_COLLECTION] = created.name
