@@ -22,10 +22,11 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from sqlalchemy import Connection, text
 
@@ -33,8 +34,7 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.errors import UserError
 
-Kind = Literal["adapter", "checkpoint"]
-KINDS: tuple[str, ...] = ("adapter", "checkpoint")
+KINDS = ("adapter", "checkpoint")  # the migration's CHECK lists the same
 PART_BYTES = 8 * 2**20  # the largest bytea value one part holds (the migration checks it too)
 _COPY_BYTES = 2**20
 
@@ -380,7 +380,8 @@ def fetch_folder(db: Database, kind: str, name: str, cache_root: Path) -> Path:
     raise ArtifactError(f"The {kind} {name!r} keeps changing while it is read; try again.")
 
 
-def restore_folder(db: Database, kind: str, name: str, parent: Path, folder_name) -> tuple[Path, ArtifactInfo]:
+def restore_folder(db: Database, kind: str, name: str, parent: Path,
+                   folder_name: Callable[[ArtifactInfo], str]) -> tuple[Path, ArtifactInfo]:
     """Unpack the artifact into `parent / folder_name(info)` through a staging folder and a rename
     (outside the cache: a restored checkpoint is written to by whoever resumes from it). An
     existing target is replaced."""

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from core.config import Settings
 from core.db import Database
+from core.errors import UserError
 from core.jobs.artifacts import (
     ArtifactError,
     ArtifactInfo,
@@ -43,7 +44,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """An adapter that cannot be used with the loaded model; the message says why."""
 
 

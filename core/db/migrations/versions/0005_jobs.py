@@ -49,7 +49,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DELETE FROM jobs WHERE kind <> 'train'")
+    op.execute("DELETE FROM jobs WHERE kind <> 'train' OR params->>'adapter_name' IS NULL")
     op.execute("DROP INDEX jobs_running")
     op.execute("DROP INDEX jobs_queue")
     op.execute("ALTER TABLE jobs DROP COLUMN owner")
