@@ -6,6 +6,7 @@ class UserError(ValueError):
 
     The message says what is wrong and what to do, in one or two sentences. Each capability keeps
     its own subclass (IngestError, DatasetError, JobError, ...) so callers can still catch one kind;
-    the CLI (`core.cli.main`: "error: ...", exit 2) and the pages (`core.ui.errors.user_errors`:
-    st.error) catch the base class once. Anything else is a bug and keeps its traceback.
+    the command line (`python -m core`: "error: ...", exit status 2) and the pages
+    (`core.ui.errors.user_errors`: st.error) catch the base class once. Anything else is a bug and
+    keeps its traceback.
     """

@@ -74,6 +74,15 @@ def test_cli_user_mistakes_exit_2_with_one_line(settings, args, expected):
     assert result.stdout == ""
 
 
+def test_every_command_but_the_worker_takes_json():
+    from core.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if a.dest == "command"]
+    without = [name for name, parser in commands.choices.items()
+               if not any("--json" in a.option_strings for a in parser._actions)]
+    assert without == ["worker"]  # as the README says
+
+
 # --- the pages ---------------------------------------------------------------------------------
 
 

@@ -34,3 +34,9 @@ def test_nothing_imports_the_cli():
     for path in (ROOT / "core").rglob("*.py"):
         if path.name not in ("cli.py", "__main__.py"):
             assert "core.cli" not in path.read_text(), path
+
+
+def test_shared_leaf_modules_import_nothing_from_core():
+    """errors, formatting and text are used by every layer (core, core/ui, the CLI): they import no core module."""
+    for name in ("errors.py", "formatting.py", "text.py"):
+        assert "core" not in imported_modules(ROOT / "core" / name), name

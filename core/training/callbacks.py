@@ -4,11 +4,13 @@ when a cancel arrives, saving a checkpoint first so the job can be resumed."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from transformers import TrainerCallback
 
 from core.jobs.process import JobContext
 from core.jobs.queue import record_metrics, record_progress
+from core.training.checkpoints import publish_checkpoint
 
 
 def peak_memory_mb() -> float:
@@ -52,6 +54,14 @@ class DatabaseReporter(TrainerCallback):
             control.should_save = True  # a checkpoint to resume from
             control.should_training_stop = True
             print(f"Cancel received: stopping after step {state.global_step} with a checkpoint.", flush=True)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Store each checkpoint in the database: a resume on any machine continues from it."""
+        if not state.is_world_process_zero:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        publish_checkpoint(self.db, self.job_id, folder, state.global_step)
+        print(f"Checkpoint at step {state.global_step} stored.", flush=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

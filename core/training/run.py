@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from core.jobs.queue import forget_metrics_after
 from core.models.adapters import publish_adapter
 from core.models.registry import resolve_model_path
 from core.training.callbacks import DatabaseReporter
+from core.training.checkpoints import delete_checkpoint, restore_latest_checkpoint
 from core.training.data import PadToLongest, tokenize_examples
 from core.training.spec import target_modules_for
 
@@ -122,7 +122,8 @@ def train(context: JobContext) -> dict:
                       callbacks=[reporter])
     trainer.remove_callback(PrinterCallback)  # the reporter prints one readable line per log instead
 
-    resume_from = latest_checkpoint(checkpoints) if job.resume else None
+    # The newest checkpoint of this job, here or stored by a worker on another machine.
+    resume_from = restore_latest_checkpoint(db, job.id, checkpoints) if job.resume else None
     if resume_from:
         step = int(resume_from.name.split("-")[-1])
         forget_metrics_after(db, job.id, step)
@@ -145,16 +146,8 @@ def train(context: JobContext) -> dict:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     publish_adapter(db, staging, job, metrics)
+    delete_checkpoint(db, job.id)  # the adapter is what remains of a finished job
     return metrics
-
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (Trainer writes trainer_state.json last)."""
-    found = [p for p in folder.glob("checkpoint-*") if _CHECKPOINT.match(p.name) and (p / "trainer_state.json").exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def explain_failure(error: BaseException, run_dir: Path) -> str:
