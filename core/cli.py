@@ -118,7 +118,8 @@ def cmd_documents(args) -> int:
 
 
 def cmd_collections(args) -> int:
-    from core.documents.library import create_collection, delete_collection, list_collections, reembed_collection
+    from core.documents.library import create_collection, delete_collection, list_collections
+    from core.documents.reembed_job import submit_reembed
 
     db = _database()
     if args.action == "list":
@@ -141,8 +142,7 @@ def cmd_collections(args) -> int:
     elif args.action == "reembed":
         if not args.embedding_model:
             raise UserError("Name the new model with --embedding-model.")
-        c = reembed_collection(db, args.name, args.embedding_model)
-        _result(args, asdict(c), f"Re-embedded {c.name!r} with {c.embedding_model} ({c.embedding_dim} dims).")
+        return _queued(args, submit_reembed(db, args.name, args.embedding_model))
     return 0
 
 
@@ -228,7 +228,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _follow(job_id: int) -> int:
+def _follow(job_id: int, out=None) -> int:
+    """Print the job's log (to `out`, default stdout) until it ends; 0 when it succeeded."""
     import time
 
     from core.jobs.queue import get_job, job_log_since
@@ -240,12 +241,29 @@ def _follow(job_id: int) -> int:
     while True:
         job = get_job(db, job_id)  # read before the lines: no line written before the ending is missed
         for line_id, line in job_log_since(db, job_id, last_id):
-            print(line, flush=True)
+            print(line, file=out or sys.stdout, flush=True)
             last_id = line_id
         if job.finished:
-            print(f"Job {job_id} {job.status}." + (f" {job.error}" if job.error and job.status == "failed" else ""))
+            print(f"Job {job_id} {job.status}." + (f" {job.error}" if job.error and job.status == "failed" else ""),
+                  file=out or sys.stdout)
             return 0 if job.status == "succeeded" else 1
         time.sleep(2)
+
+
+def _queued(args, job) -> int:
+    """A command that queues a job: its id, then (unless --no-wait) its log to the end, as `train --wait`
+    does. With --json the job comes last as JSON (with its result), the log going to stderr."""
+    if args.no_wait:
+        _result(args, job.as_dict(), f"Queued job {job.id}: {job.title}. A worker runs it (`python -m core worker`); "
+                                     f"follow it with `python -m core jobs logs {job.id} --follow`.")
+        return 0
+    print(f"Queued job {job.id}: {job.title}.", file=sys.stderr if args.json else sys.stdout, flush=True)
+    code = _follow(job.id, out=sys.stderr if args.json else None)
+    if args.json:
+        from core.jobs.queue import get_job
+
+        _print_json(get_job(_database(), job.id).as_dict())
+    return code
 
 
 def cmd_jobs(args) -> int:
@@ -304,9 +322,9 @@ def cmd_adapters(args) -> int:
         import_adapter,
         import_local_adapters,
         list_adapters,
-        merge_adapter,
         zip_adapter,
     )
+    from core.models.merge_job import submit_merge
 
     db = _database()
     if args.action == "list":
@@ -333,7 +351,7 @@ def cmd_adapters(args) -> int:
         target.write_bytes(zip_adapter(db, args.name))
         print(f"Wrote {target}.")
     elif args.action == "merge":
-        print(f"Merged model saved in {merge_adapter(db, args.name, Path(args.output) if args.output else None)}.")
+        return _queued(args, submit_merge(db, args.name, args.output))
     elif args.action == "delete":
         delete_adapter(db, args.name)
         print(f"Deleted adapter {args.name!r}.")
@@ -359,8 +377,6 @@ def _add_training_settings(parser: argparse.ArgumentParser) -> None:
 def cmd_datasets(args) -> int:
     from core.datasets import (
         delete_dataset,
-        generate_qa_dataset,
-        generate_text_dataset,
         list_datasets,
         list_examples,
         preview_dataset_file,
@@ -408,18 +424,12 @@ def cmd_datasets(args) -> int:
     if args.action == "generate":
         if not args.collection:
             raise UserError("datasets generate needs --collection.")
-        if args.kind == "text":
-            info = generate_text_dataset(db, args.name, args.collection, max_chunks=args.max_chunks,
-                                         validation_fraction=args.validation_fraction, seed=args.seed)
-            result = asdict(info)
-            message = f"Saved {info.name!r}: {info.train_count} train, {info.validation_count} validation passages."
-        else:
-            report = generate_qa_dataset(db, args.name, args.collection, model_id=args.model, max_chunks=args.max_chunks,
-                                         validation_fraction=args.validation_fraction, seed=args.seed,
-                                         progress=lambda f: print(f"\r{f:.0%}", end="", file=sys.stderr, flush=True))
-            print(file=sys.stderr)
-            result, message = asdict(report), report.message
-        _result(args, result, message)
+        from core.datasets.generation_job import submit_generate_dataset
+
+        return _queued(args, submit_generate_dataset(
+            db, name=args.name, collection=args.collection, kind=args.kind, model_id=args.model, max_chunks=args.max_chunks,
+            validation_fraction=args.validation_fraction, seed=args.seed,
+        ))
     elif args.action == "show":
         examples = list_examples(db, args.name, limit=args.limit)
         _print_json([asdict(e) for e in examples])
@@ -474,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     collections.add_argument("--chunk-tokens", type=int)
     collections.add_argument("--chunk-overlap", type=int)
     collections.add_argument("--yes", action="store_true", help="confirm delete")
+    collections.add_argument("--no-wait", action="store_true", help="reembed: queue the job and return at once")
     collections.add_argument("--json", action="store_true")
     collections.set_defaults(handler=cmd_collections)
 
@@ -509,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--seed", type=int, default=0)
     datasets.add_argument("--limit", type=int, default=20)
     datasets.add_argument("--yes", action="store_true")
+    datasets.add_argument("--no-wait", action="store_true", help="generate: queue the job and return at once")
     datasets.add_argument("--json", action="store_true")
     datasets.set_defaults(handler=cmd_datasets)
 
@@ -544,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapters.add_argument("name", nargs="?", metavar="NAME", help="the adapter (import: the PEFT folder to import)")
     adapters.add_argument("--name", dest="as_name", help="import: the adapter's name (default: the folder's name)")
     adapters.add_argument("--output", help="export: zip path; merge: output folder")
+    adapters.add_argument("--no-wait", action="store_true", help="merge: queue the job and return at once")
     adapters.add_argument("--json", action="store_true")
     adapters.set_defaults(handler=cmd_adapters)
 

@@ -8,14 +8,16 @@ from core.documents.library import (
     delete_document,
     document_chunks,
     list_documents,
-    reembed_collection,
 )
 from core.documents.parsing import SUPPORTED_TYPES
+from core.documents.reembed_job import submit_reembed
 from core.documents.search import SEARCH_MODES, search
 from core.formatting import plural
 from core.ui.errors import user_errors
 from core.ui.format import documents_table, hit_location, hit_scores
+from core.ui.jobs import job_view
 from core.ui.resources import database
+from core.ui.tracked_jobs import start_tracking, tracked_jobs
 from core.ui.widgets import collection_picker
 
 STAGES = {"parse": "reading", "chunk": "splitting", "embed": "embedding", "store": "saving", "done": "done"}
@@ -91,16 +93,18 @@ with library_tab:
                     st.toast(f"Deleted {chosen.filename}")
                     st.rerun()
 
+    # A job of its own: a page refresh or an app restart finds it again; its view sits outside the expander.
+    reembedding = tracked_jobs(db, kind="reembed", target_key="collection", state_key="reembed_jobs").get(collection.name)
     with st.expander("Collection settings"):
         st.markdown(
             f"Embedding model `{collection.embedding_model}` ({collection.embedding_dim} dimensions) · "
             f"chunks of {plural(collection.chunk_tokens, 'token')}, overlap {collection.chunk_overlap}"
         )
         new_model = st.text_input("Re-embed with another model", placeholder="sentence-transformers id or folder")
-        if st.button("Re-embed collection", disabled=not new_model):
-            bar = st.progress(0.0, text="Re-embedding…")
+        busy = reembedding is not None and not reembedding.finished
+        if st.button("Re-embed collection", disabled=not new_model or busy, key="reembed_collection"):
             with user_errors():
-                reembed_collection(db, collection.name, new_model, progress=lambda f: bar.progress(f, text="Re-embedding…"))
+                start_tracking(db, submit_reembed(db, collection.name, new_model), "reembed_jobs")
                 st.rerun()
         with st.popover("Delete collection", icon=":material/delete_forever:"):
             st.write(f"Delete **{collection.name}** and its {plural(collection.document_count, 'document')}?")
@@ -108,6 +112,9 @@ with library_tab:
                 with user_errors():
                     delete_collection(db, collection.name)
                     st.rerun()
+    if reembedding is not None:
+        st.markdown(f"**Re-embed with** `{reembedding.params['embedding_model']}`")
+        job_view(db, reembedding.id, on_finish=lambda job: st.success(job.result.get("message", "Re-embedded.")))
 
 with search_tab:
     with st.form("search"):

@@ -11,12 +11,14 @@ from core.formatting import human_size
 from core.jobs.queue import list_jobs
 from core.jobs.worker import ensure_local_worker
 from core.models import PRESETS as MODEL_PRESETS
-from core.models.adapters import adapter_record, list_adapters, merge_adapter, zip_adapter
+from core.models.adapters import adapter_record, list_adapters, zip_adapter
+from core.models.merge_job import submit_merge
 from core.training.spec import PRESETS, TrainingSettings
 from core.training.submit import JobPlan, plan_job, submit_job
 from core.ui.errors import user_errors
 from core.ui.jobs import job_view, steps_done
 from core.ui.resources import database
+from core.ui.tracked_jobs import start_tracking, tracked_jobs
 from core.ui.training import settings_form
 
 settings = get_settings()
@@ -103,6 +105,7 @@ def adapters() -> None:
     found = list_adapters(db)
     if not found:
         st.info("Adapters appear here when a job succeeds; the Ask page can use them at once.")
+    merges = tracked_jobs(db, kind="merge", target_key="adapter", state_key="ft_merge_jobs")
     for adapter in found:
         record = adapter_record(db, adapter.name)
         with st.container(border=True):
@@ -114,10 +117,19 @@ def adapters() -> None:
             # A callable: the zip is built only when this button is clicked, not for every adapter on every rerun.
             left.download_button("Download (zip)", data=partial(zip_adapter, db, adapter.name), file_name=f"{adapter.name}.zip",
                                  mime="application/zip", key=f"download_{adapter.name}", icon=":material/download:")
-            if right.button("Merge into the base model and export", key=f"merge_{adapter.name}"):
-                with st.spinner("Merging…"):
-                    folder = merge_adapter(db, adapter.name)
-                st.success(f"Merged model (safetensors) saved in {folder}")
+            merge = merges.get(adapter.name)
+            if right.button("Merge into the base model and export", key=f"merge_{adapter.name}",
+                            disabled=merge is not None and not merge.finished):
+                with user_errors():  # a job of its own: a page refresh or an app restart finds it again
+                    start_tracking(db, submit_merge(db, adapter.name), "ft_merge_jobs")
+                    st.rerun()
+            if merge is not None:
+                job_view(db, merge.id, on_finish=show_merged)
+
+
+def show_merged(job) -> None:
+    where = f" on {job.host}" if job.host else ""
+    st.success(f"Merged model (safetensors) saved in {job.result.get('output')}{where}.")
 
 
 # Only the open tab runs: the estimate reads the model's config and the data, the job view polls.

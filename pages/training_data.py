@@ -9,17 +9,18 @@ from core.config import get_settings
 from core.datasets import (
     delete_dataset,
     delete_examples,
-    generate_qa_dataset,
-    generate_text_dataset,
     list_datasets,
     list_examples,
     preview_dataset,
     save_dataset,
     update_example,
 )
+from core.datasets.generation_job import submit_generate_dataset
 from core.documents.library import list_collections
 from core.ui.errors import user_errors
+from core.ui.jobs import job_view
 from core.ui.resources import database
+from core.ui.tracked_jobs import start_tracking, tracked_jobs
 
 settings = get_settings()
 db = database()
@@ -69,20 +70,22 @@ def generate() -> None:
     max_chunks = st.number_input("Passages to use (spread over the collection)", 1, 100_000, 20, key="td_chunks")
     name = st.text_input("Dataset name", value=f"{collection}-{'qa' if kind.startswith('question') else 'text'}",
                          key="td_generate_name")
-    if not st.button("Generate", type="primary", key="td_generate"):
-        return
-    bar = st.progress(0.0, text="Writing pairs…")
-    with user_errors() as caught:
-        if kind.startswith("question"):
-            report = generate_qa_dataset(db, name, collection, max_chunks=int(max_chunks),
-                                         progress=lambda f: bar.progress(f, text="Writing pairs…"))
-            message = report.message
-        else:
-            info = generate_text_dataset(db, name, collection, max_chunks=int(max_chunks))
-            message = f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation passages."
-    bar.empty()
-    if not caught.error:
-        st.success(message)
+    if st.button("Generate", type="primary", key="td_generate"):
+        with user_errors():  # a job of its own: a page refresh or an app restart finds it below again
+            job = submit_generate_dataset(db, name=name, collection=collection,
+                                          kind="qa" if kind.startswith("question") else "text", max_chunks=int(max_chunks))
+            start_tracking(db, job, "td_generate_jobs")
+    job = tracked_jobs(db, kind="generate-dataset", target_key="collection", state_key="td_generate_jobs").get(collection)
+    if job is not None:
+        job_view(db, job.id, on_finish=show_generated)
+
+
+def show_generated(job) -> None:
+    result = job.result or {}
+    st.success(f"Dataset {result.get('dataset')!r} saved: {result.get('examples', 0):,} examples "
+               f"({result.get('train', 0):,} train, {result.get('validation', 0):,} validation).")
+    st.caption(f"{result.get('message', '')} Review them in *Browse and edit*.")
+    st.page_link("pages/finetune.py", label="Fine-tune on it", icon=":material/model_training:")
 
 
 def browse() -> None:

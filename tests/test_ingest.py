@@ -6,7 +6,7 @@ import pytest
 import samples
 from sqlalchemy import text
 
-from core import ingest as ingest_module
+from core.documents import ingest as ingest_module
 from core.documents.chunking import embedding_text
 from core.documents.embeddings import load_embedder
 from core.documents.ingest import ingest_bytes, ingest_files, ingest_paths

@@ -201,42 +201,68 @@ def ask(
     adapter = adapter or NO_ADAPTER
     # Adapters live in the database (an answer without RAG may come without one: open it then).
     adapter_path = find_adapter(db or open_database(settings), adapter, settings).path if adapter != NO_ADAPTER else None
-    question_tokens = count_chat_tokens(loaded, [{"role": "user", "content": question}])
-    if question_tokens + max_new_tokens > loaded.context_window:
-        raise QuestionError(
-            f"The question is {question_tokens:,} tokens long; {loaded.model_id} reads {loaded.context_window:,} "
-            f"tokens in all, and {max_new_tokens:,} are kept for the answer. Shorten the question."
-        )
+    if use_rag and not collection:
+        raise QuestionError("Choose a collection to answer from, or turn RAG off.")
     answer = Answer(question, loaded.model_id, adapter, collection if use_rag else None, _started=started)
-
-    if use_rag:
-        if not collection:
-            raise QuestionError("Choose a collection to answer from, or turn RAG off.")
-        _require_documents(db, collection)
-        hits = search(db, question[: settings.max_query_chars], collection=collection, k=settings.rag_top_k,
-                      mode="hybrid", document_ids=document_ids, settings=settings)
-        relevant = [h for h in hits if h.vector_similarity is not None and h.vector_similarity >= settings.rag_min_similarity]
-        answer.timings.retrieval_seconds = time.perf_counter() - started
-        if not relevant:
-            answer.nothing_found = True
-            answer.text = (
-                f"I found nothing about this in the collection {collection!r}, so I cannot answer from your "
-                "documents. Try other words, add documents that cover it, or ask without RAG."
-            )
-            return answer
-        prompt = fit_sources(loaded, question, relevant, max_new_tokens=max_new_tokens)
-        answer.sources, messages = prompt.sources, prompt.messages
-        answer.timings.context_tokens = prompt.prompt_tokens
-    else:
-        messages = [{"role": "user", "content": question}]
-        answer.timings.context_tokens = question_tokens
-
+    prepared = prepare_answer(db, loaded, question, collection=collection if use_rag else None,
+                              max_new_tokens=max_new_tokens, document_ids=document_ids, settings=settings)
+    answer.timings.retrieval_seconds = prepared.retrieval_seconds
+    answer.timings.context_tokens = prepared.prompt_tokens
+    answer.sources = prepared.sources
+    if prepared.nothing_found:
+        answer.nothing_found, answer.text = True, NOTHING_FOUND.format(collection=collection)
+        return answer
+    messages = prepared.messages
     answer._generation = stream_chat(
         loaded, messages, max_new_tokens=max_new_tokens,
         temperature=settings.temperature if temperature is None else temperature,
         top_p=settings.top_p if top_p is None else top_p, adapter=adapter, adapter_path=adapter_path,
     )
     return answer
+
+
+NOTHING_FOUND = (
+    "I found nothing about this in the collection {collection!r}, so I cannot answer from your "
+    "documents. Try other words, add documents that cover it, or ask without RAG."
+)
+
+
+@dataclass
+class PreparedAnswer:
+    """What goes to the model for one question: the messages, and for RAG what retrieval found."""
+
+    messages: list[dict]
+    sources: list[Source]
+    hits: list[SearchHit]  # everything retrieved, best first (also those below the threshold)
+    prompt_tokens: int
+    retrieval_seconds: float = 0.0
+    nothing_found: bool = False
+
+
+def prepare_answer(db: Database | None, loaded: LoadedModel, question: str, *, collection: str | None,
+                   max_new_tokens: int, document_ids: list[int] | None = None,
+                   settings: Settings | None = None) -> PreparedAnswer:
+    """The prompt for `question`: the model alone (collection None) or RAG from `collection`.
+    The page, the CLI, the comparison and the evaluation all build prompts here."""
+    settings = settings or get_settings()
+    question_tokens = count_chat_tokens(loaded, [{"role": "user", "content": question}])
+    if question_tokens + max_new_tokens > loaded.context_window:
+        raise QuestionError(
+            f"The question is {question_tokens:,} tokens long; {loaded.model_id} reads {loaded.context_window:,} "
+            f"tokens in all, and {max_new_tokens:,} are kept for the answer. Shorten the question."
+        )
+    if collection is None:
+        messages = [{"role": "user", "content": question}]
+        return PreparedAnswer(messages, [], [], question_tokens)
+    started = time.perf_counter()
+    _require_documents(db, collection)
+    hits = search(db, question[: settings.max_query_chars], collection=collection, k=settings.rag_top_k,
+                  mode="hybrid", document_ids=document_ids, settings=settings)
+    relevant = [h for h in hits if h.vector_similarity is not None and h.vector_similarity >= settings.rag_min_similarity]
+    if not relevant:
+        return PreparedAnswer([], [], hits, 0, time.perf_counter() - started, nothing_found=True)
+    prompt = fit_sources(loaded, question, relevant, max_new_tokens=max_new_tokens)
+    return PreparedAnswer(prompt.messages, prompt.sources, hits, prompt.prompt_tokens, time.perf_counter() - started)
 
 
 def _require_documents(db: Database, collection: str) -> None:

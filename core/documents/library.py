@@ -254,6 +254,15 @@ def library_stats(db: Database) -> LibraryStats:
     return LibraryStats(int(row[0]), int(row[1]), int(row[2]))
 
 
+def check_embedder_fits(collection: CollectionInfo, embedder) -> None:
+    """A model that reads less than the collection's chunks would embed them cut short: refused."""
+    if embedder.max_tokens < collection.chunk_tokens:
+        raise LibraryError(
+            f"{embedder.name} reads at most {embedder.max_tokens} tokens, less than this collection's "
+            f"chunks ({collection.chunk_tokens}); create a new collection with smaller chunks instead."
+        )
+
+
 def reembed_collection(
     db: Database,
     name: str,
@@ -266,18 +275,15 @@ def reembed_collection(
     transaction: searches see either the old vectors or the new ones, never a mix."""
     collection = get_collection(db, name)
     embedder = load_embedder(embedding_model)
-    if embedder.max_tokens < collection.chunk_tokens:
-        raise LibraryError(
-            f"{embedding_model} reads at most {embedder.max_tokens} tokens, less than this collection's "
-            f"chunks ({collection.chunk_tokens}); create a new collection with smaller chunks instead."
-        )
+    check_embedder_fits(collection, embedder)
     ensure_vector_index(db, embedder.dim)
     with db.engine.begin() as connection:
         rows = connection.execute(
             text("SELECT id, heading, text FROM chunks WHERE collection_id = :c ORDER BY id"), {"c": collection.id}
         ).all()
-        for start in range(0, len(rows), 512):
-            batch = rows[start : start + 512]
+        # One batch at a time, so progress (a job's ETA, its cancel) moves every `batch_size` chunks.
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
             vectors = embedder.embed([embedding_text(h, t) for _, h, t in batch], batch_size=batch_size)
             # Token counts in the new model's tokenizer, so chunk lengths (BM25) stay in one unit.
             counts = embedder.count_tokens([t for _, _, t in batch])

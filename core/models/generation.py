@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.models.loading import NO_ADAPTER, LoadedModel, use_adapter
+from core.models.repetition import loop_start
 
 # End-of-turn markers of common chat templates (ChatML, Phi-3/4, Llama 3, Gemma).
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>")
@@ -25,7 +26,7 @@ class GenerationStats:
     new_tokens: int = 0
     time_to_first_token: float | None = None
     seconds: float = 0.0
-    stopped_by: str = ""  # "end of turn" or "max new tokens"
+    stopped_by: str = ""  # "end of turn", "loop" (cut at its first repeat) or "max new tokens"
 
     @property
     def tokens_per_second(self) -> float:
@@ -127,12 +128,16 @@ class Generation:
             def __call__(self, input_ids, scores, **kwargs):
                 return abandoned.is_set()
 
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenAbandoned()])
+        from core.models.repetition import loop_stopping_criteria
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenAbandoned(), loop_stopping_criteria(input_ids.shape[1])])
+        generated_ids: list[int] = []
 
         def run() -> None:
             try:
                 with loaded.lock, torch.inference_mode(), _adapter_active(loaded, self.adapter, self.adapter_path):
                     output = loaded.model.generate(**kwargs)
+                generated_ids.extend(output[0, input_ids.shape[1]:].tolist())
                 last = int(output[0, -1])
                 stats.stopped_by = "end of turn" if last in stop_ids else "max new tokens"
             except BaseException as error:  # re-raised in the consuming thread below
@@ -153,6 +158,10 @@ class Generation:
         stats.seconds = time.perf_counter() - started
         if self.error is not None:
             raise self.error
+        cut = loop_start(generated_ids)
+        if cut is not None:  # the answer began to repeat itself: keep it up to the first copy
+            stats.stopped_by = "loop"
+            self.text = loaded.tokenizer.decode(generated_ids[:cut], skip_special_tokens=True)
 
 
 @contextlib.contextmanager

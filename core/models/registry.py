@@ -141,6 +141,14 @@ def model_is_available(model_id: str, settings: Settings | None = None) -> bool:
         return False
 
 
+def check_model_available(model_id: str, settings: Settings | None = None) -> None:
+    """Raise ModelNotAvailable (saying what to do) unless `model_id` can be loaded here. Fast: the
+    bundled model is not converted, which its first use does (in a job, not in a page)."""
+    if model_id == BUNDLED_MODEL and model_is_available(model_id, settings):
+        return
+    resolve_model_path(model_id, settings)
+
+
 def _bundled_gguf_folder_exists() -> bool:
     try:
         return (_bundled_gguf_folder() / _BUNDLED_GGUF).exists()

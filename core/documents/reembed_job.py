@@ -1,0 +1,62 @@
+"""python -m core.documents.reembed_job --job ID: a collection re-embedded with another model, as a
+job of its own process (kind "reembed").
+
+`submit_reembed` checks the collection and loads the model (the app searches with it afterwards
+anyway), then queues the job; `run` re-embeds every chunk in one transaction with the job's
+progress. A cancel or a failure rolls it back: searches keep the old vectors until the new ones
+are all there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from core.db import Database
+from core.documents.embeddings import load_embedder
+from core.documents.library import LibraryError, check_embedder_fits, get_collection, reembed_collection
+from core.jobs.process import JobContext, main_for
+from core.jobs.queue import Job, create_job
+
+KIND = "reembed"
+
+
+class ReembedParams(BaseModel):
+    """A re-embed job's parameters as stored in its row (checked before it is queued)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str
+    embedding_model: str
+
+
+def submit_reembed(db: Database, collection: str, embedding_model: str) -> Job:
+    """Check the collection and the model, then queue the re-embedding (one per collection)."""
+    embedding_model = (embedding_model or "").strip()
+    if not embedding_model:
+        raise LibraryError("Name the new embedding model: a sentence-transformers id, or the folder of one.")
+    folder = Path(embedding_model).expanduser()
+    if folder.is_dir():  # the caller's folder: the job's process runs elsewhere
+        embedding_model = str(folder.resolve())
+    info = get_collection(db, collection)
+    check_embedder_fits(info, load_embedder(embedding_model))
+    params = ReembedParams(collection=info.name, embedding_model=embedding_model)
+    return create_job(db, kind=KIND, params=params, title=f"Re-embed {info.name} with {embedding_model}",
+                      unique_key="collection")
+
+
+def run(context: JobContext) -> dict:
+    """The job's entry point: every chunk embedded again, then the collection switched, at once."""
+    p = ReembedParams.model_validate(context.job.params)
+    print(f"Re-embedding collection {p.collection!r} with {p.embedding_model} (one transaction: searches see the old "
+          "vectors until it commits).", flush=True)
+    info = reembed_collection(context.db, p.collection, p.embedding_model, progress=context.fraction)
+    message = f"Re-embedded {info.name!r} with {info.embedding_model} ({info.embedding_dim} dimensions)."
+    print(message, flush=True)
+    return {"collection": info.name, "embedding_model": info.embedding_model, "embedding_dim": info.embedding_dim,
+            "message": message}
+
+
+if __name__ == "__main__":
+    main_for(run)

@@ -1,0 +1,109 @@
+"""Greedy answers to many prompts at once: left padding, one forward pass per step for a batch.
+
+Scoring an exam asks the same model hundreds of questions; one `generate` call per batch keeps
+the CPU's matrix units busy instead of decoding one token of one question at a time. Prompts are
+sorted by length so a batch carries little padding, and answers come back in the caller's order.
+Each answer gets its own latency (the time its sequence stopped) and the batch's time to first
+token. Greedy decoding makes a rerun give the same answers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.models.generation import _adapter_active, chat_prompt_ids, stop_token_ids
+from core.models.loading import LoadedModel
+from core.models.repetition import loop_start, loop_stopping_criteria
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float  # from the batch's start until this answer stopped
+    time_to_first_token: float  # the batch's first step (prefill), shared by its answers
+    stopped_by: str  # "end of turn", "loop" or "max new tokens"
+
+
+def generate_batch(loaded: LoadedModel, conversations: list[list[dict]], *, max_new_tokens: int = 256,
+                   adapter: str | None = None, adapter_path: Path | None = None, batch_size: int = 8,
+                   stop_loops: bool = True) -> list[BatchAnswer]:
+    """Greedy answers to `conversations` (chat messages each), in their order."""
+    prompts = [chat_prompt_ids(loaded, messages) for messages in conversations]
+    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+    answers: list[BatchAnswer | None] = [None] * len(prompts)
+    for start in range(0, len(order), max(1, batch_size)):
+        indexes = order[start:start + batch_size]
+        batch = generate_token_batch(loaded, [prompts[i] for i in indexes], max_new_tokens=max_new_tokens,
+                                     adapter=adapter, adapter_path=adapter_path, stop_loops=stop_loops)
+        for index, answer in zip(indexes, batch, strict=True):
+            answers[index] = answer
+    return answers  # type: ignore[return-value]
+
+
+def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_new_tokens: int,
+                         adapter: str | None = None, adapter_path: Path | None = None,
+                         stop_loops: bool = True) -> list[BatchAnswer]:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    stop_ids = stop_token_ids(loaded)
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else stop_ids[0]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=loaded.model.device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=loaded.model.device)
+    step_times: list[float] = []
+
+    class StepClock(StoppingCriteria):
+        """Called once per decoding step: the time each step ended, for per-answer latency."""
+
+        def __call__(self, ids, scores, **kwargs):
+            step_times.append(time.perf_counter() - started)
+            return torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+
+    criteria = [StepClock()] + ([loop_stopping_criteria(width)] if stop_loops else [])
+    started = time.perf_counter()
+    with loaded.lock, torch.inference_mode(), _adapter_active(loaded, adapter, adapter_path):
+        output = loaded.model.generate(
+            input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
+            temperature=None, top_p=None, top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id,
+            stopping_criteria=StoppingCriteriaList(criteria),
+        )
+    total = time.perf_counter() - started
+    first = step_times[0] if step_times else total
+    answers = []
+    for prompt, row in zip(prompts, output[:, width:].tolist(), strict=True):
+        ids, stopped_by = _own_tokens(row, stop_ids, pad_id)
+        if stop_loops:
+            cut = loop_start(ids)
+            if cut is not None:
+                ids, stopped_by = ids[:cut], "loop"
+        steps = len(row) if stopped_by == "max new tokens" else _steps_until_stop(row, stop_ids, pad_id)
+        seconds = step_times[min(steps, len(step_times)) - 1] if step_times and steps else total
+        text = loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        answers.append(BatchAnswer(text, len(prompt), len(ids), seconds, first, stopped_by))
+    return answers
+
+
+def _own_tokens(row: list[int], stop_ids: list[int], pad_id: int) -> tuple[list[int], str]:
+    """This sequence's tokens up to its end of turn (the batch pads finished sequences)."""
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return row[:position], "end of turn"
+    while row and row[-1] == pad_id and pad_id not in stop_ids:
+        row = row[:-1]
+    return row, "max new tokens" if len(row) else "end of turn"
+
+
+def _steps_until_stop(row: list[int], stop_ids: list[int], pad_id: int) -> int:
+    """Decoding steps this sequence took: through its stop token, or until padding began."""
+    for position, token in enumerate(row):
+        if token in stop_ids:
+            return position + 1
+    trimmed = len(row)
+    while trimmed and row[trimmed - 1] == pad_id:
+        trimmed -= 1
+    return max(trimmed, 1)
