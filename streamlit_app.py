@@ -12,8 +12,10 @@ navigation = st.navigation(
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
         st.Page("pages/documents.py", title="Documents", icon=":material/description:"),
         st.Page("pages/ask.py", title="Ask", icon=":material/forum:"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
         st.Page("pages/training_data.py", title="Training data", icon=":material/dataset:"),
         st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+        st.Page("pages/advisor.py", title="Advisor", icon=":material/recommend:"),
     ]
 )
 try:

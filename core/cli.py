@@ -444,6 +444,75 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from core.evaluation.compare import compare
+
+    variants = args.variants.split(",") if args.variants else (
+        ["base", "rag", "ft", "rag+ft"] if args.adapter else ["base", "rag"])
+    answers = compare(_database(), args.question, collection=args.collection, adapter=args.adapter, model_id=args.model,
+                      variants=variants, max_new_tokens=args.max_new_tokens)
+    if args.json:
+        _print_json([answer.to_dict() for answer in answers if answer.answer.complete()])
+        return 0
+    for answer in answers:
+        print(f"== {answer.variant}: {answer.label}" + (f" ({args.adapter})" if "ft" in answer.variant else "") + " ==")
+        for piece in answer.stream():
+            print(piece, end="", flush=True)
+        print()
+        cited = set(answer.answer.cited)
+        for source in answer.sources:
+            print(f"  {'*' if source.number in cited else ' '}[{source.number}] {source.filename} ({source.location})")
+        t = answer.timings
+        first = f"{t.time_to_first_token:.2f} s" if t.time_to_first_token is not None else "-"
+        print(f"  {t.total_seconds:.2f} s · first token {first} · {t.new_tokens} tokens · {t.tokens_per_second:.1f} tokens/s\n")
+    return 0
+
+
+def cmd_votes(args) -> int:
+    from core.evaluation.votes import list_votes, vote_ranking
+
+    db = _database()
+    if args.action == "list":
+        votes = list_votes(db, model=args.model, limit=args.limit)
+        if args.json:
+            _print_json([v.as_dict() for v in votes])
+        elif not votes:
+            print("No votes yet: vote in blind mode on the Compare page.")
+        for v in votes if not args.json else []:
+            print(f"{v.id:>5}  {v.created_at:%Y-%m-%d %H:%M}  {v.choice:<9} {v.model[:32]:<32} {v.question[:60]}")
+        return 0
+    ranking = vote_ranking(db, model=args.model)
+    if args.json:
+        _print_json(ranking.as_dict())
+        return 0
+    for rank, v in enumerate(ranking.variants, start=1):
+        print(f"{rank}. {v.variant:<7} strength {v.strength:5.2f}  95% interval {v.low:.2f}–{v.high:.2f}  {v.votes} votes")
+    print(ranking.message)
+    return 0
+
+
+def cmd_advise(args) -> int:
+    from dataclasses import fields
+
+    from core.evaluation.advisor import AdvisorAnswers, advise
+
+    given = {f.name: getattr(args, f.name) for f in fields(AdvisorAnswers) if getattr(args, f.name) is not None}
+    given = {name: value == "yes" if value in ("yes", "no") else value for name, value in given.items()}
+    advice = advise(_database(), AdvisorAnswers(**given) if given else None, exam=args.exam)
+    if args.json:
+        _print_json(advice.as_dict())
+        return 0
+    print(f"Recommendation: {advice.label}")
+    for reason in advice.reasons:
+        print(f"- {reason}")
+    if advice.evidence:
+        print("\nMeasured:")
+        for evidence in advice.evidence:
+            print(f"  {evidence.text}")
+    print(f"\nNext: {advice.next_step}")
+    return 0
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -559,6 +628,36 @@ def build_parser() -> argparse.ArgumentParser:
     adapters.add_argument("--no-wait", action="store_true", help="merge: queue the job and return at once")
     adapters.add_argument("--json", action="store_true")
     adapters.set_defaults(handler=cmd_adapters)
+
+    compare = commands.add_parser("compare", help="one question answered by base, RAG, fine-tuned and both, side by side")
+    compare.add_argument("question")
+    compare.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="the RAG variants answer from it")
+    compare.add_argument("--adapter", help="the fine-tuned variants' adapter (python -m core adapters list)")
+    compare.add_argument("--model", help="base model id or folder (default: the configured language model)")
+    compare.add_argument("--variants", help="comma-separated, from base,rag,ft,rag+ft (default: all four with --adapter, "
+                                            "else base,rag)")
+    compare.add_argument("--max-new-tokens", type=int)
+    compare.add_argument("--json", action="store_true", help="every answer with its sources and timings as JSON")
+    compare.set_defaults(handler=cmd_compare)
+
+    votes = commands.add_parser("votes", help="blind votes from the Compare page: list them, or rank the variants")
+    votes.add_argument("action", choices=("list", "ranking"))
+    votes.add_argument("--model", help="only votes on this base model")
+    votes.add_argument("--limit", type=int, default=50, help="list: newest this many")
+    votes.add_argument("--json", action="store_true")
+    votes.set_defaults(handler=cmd_votes)
+
+    from dataclasses import fields
+
+    from core.evaluation.advisor import AdvisorAnswers
+
+    advise = commands.add_parser("advise", help="RAG, fine-tuning or both: advice from a few answers and the evaluation runs")
+    for f in fields(AdvisorAnswers):
+        advise.add_argument("--" + f.name.replace("_", "-"), choices=f.metadata.get("choices", ("yes", "no")),
+                            help=f"{f.metadata['help']} (default: {f.default if f.metadata.get('choices') else ('yes' if f.default else 'no')})")
+    advise.add_argument("--exam", help="weigh the runs on this exam (default: the one scored most recently)")
+    advise.add_argument("--json", action="store_true")
+    advise.set_defaults(handler=cmd_advise)
 
     db = commands.add_parser("db", help="migrate the database and show where it is")
     db.add_argument("action", choices=("upgrade", "info"))

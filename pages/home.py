@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core.documents.library import list_collections
+from core.ui.guide import render_guided_path
 from core.ui.resources import database
 
 st.title("Expert Studio")
@@ -25,3 +26,8 @@ else:
         hide_index=True,
     )
     st.page_link("pages/documents.py", label="Documents and search", icon=":material/description:")
+
+    st.subheader("From your documents to a verdict")
+    st.caption("RAG, fine-tuning or both? Each step is saved as you go: leave and come back at any time.")
+    path_collection = st.selectbox("Collection", [c.name for c in collections if c.document_count], key="home_path_collection")
+    render_guided_path(database(), path_collection)

@@ -66,7 +66,9 @@ def test_module_entry_point_runs(settings):
         [sys.executable, "-m", "core", "db", "info"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "schema revision 0003" in result.stdout
+    from core.db.migrate import head_revision
+
+    assert f"schema revision {head_revision()}" in result.stdout
 
 
 def test_datasets_import_and_list(settings, tmp_path, capsys, tiny_llama):

@@ -3,11 +3,11 @@
 from alembic import command
 from sqlalchemy import text
 
-from core.db.migrate import alembic_config, current_revision, upgrade_to_head
+from core.db.migrate import alembic_config, current_revision, head_revision, upgrade_to_head
 
 
 def test_schema_is_at_head_with_pgvector(db):
-    assert current_revision(db.engine) == "0006"
+    assert current_revision(db.engine) == head_revision()
     with db.engine.connect() as connection:
         version = connection.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
         tables = set(connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
@@ -33,7 +33,7 @@ def test_upgrade_is_idempotent_and_downgrade_round_trips(db):
         tables = set(connection.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
         assert tables == {"alembic_version"}
     upgrade_to_head(db.engine)
-    assert current_revision(db.engine) == "0006"
+    assert current_revision(db.engine) == head_revision()
 
 
 def test_upgrading_a_library_from_0002_fills_the_document_token_totals(db, collection):

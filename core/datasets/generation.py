@@ -9,9 +9,10 @@ and counted, never guessed at.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import text as sql
@@ -22,7 +23,9 @@ from core.datasets.formats import clean_text
 from core.datasets.splitting import DEFAULT_VALIDATION_FRACTION, check_fraction
 from core.datasets.store import DatasetInfo, NewExample, ensure_name_free, write_dataset
 from core.db import Database
-from core.documents.library import get_collection
+from core.documents.library import CollectionInfo, get_collection
+
+logger = logging.getLogger(__name__)
 
 QA_SYSTEM_PROMPT = (
     "You write one quiz question about a text, and its answer. The question must be answerable from the text alone. "
@@ -68,6 +71,7 @@ class GenerationReport:
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     unparsed: list[str] = field(default_factory=list)  # the first few replies without a pair, to show
     seconds: float = 0.0
+    excluded_chunks: int = 0  # chunks of exam documents left out
 
     @property
     def message(self) -> str:
@@ -76,6 +80,8 @@ class GenerationReport:
                 f"({d.train_count:,} train, {d.validation_count:,} validation).")
         if self.dropped:
             text += f" Dropped {sum(self.dropped.values()):,}: " + _reasons(self.dropped) + "."
+        if self.excluded_chunks:
+            text += f" Left out {self.excluded_chunks:,} chunks of exam documents."
         return text
 
 
@@ -97,12 +103,14 @@ def generate_qa_dataset(
     temperature: float = 0.0,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     seed: int = 0,
+    exclude_document_ids: Iterable[int] | None = None,
     progress: Callable[[float], None] | None = None,
     settings: Settings | None = None,
 ) -> GenerationReport:
     """Ask the model for one question and its answer per chunk (at most `max_chunks`, spread evenly
     over the collection) and save the pairs as a chat dataset. Nothing is saved when no reply gives
-    a pair; raising from `progress` stops the run, also without saving."""
+    a pair; raising from `progress` stops the run, also without saving. The documents of
+    `exclude_document_ids` are left out (default: the documents of the collection's exams)."""
     from core.models import load_model
 
     started = time.perf_counter()
@@ -111,7 +119,8 @@ def generate_qa_dataset(
     if max_new_tokens < 16:
         raise DatasetError(f"A question and its answer need room: allow at least 16 new tokens, not {max_new_tokens}.")
     origin = get_collection(db, collection)
-    chunks = sample_evenly(collection_chunks(db, origin.id), max_chunks)
+    available, excluded = training_chunks(db, origin, exclude_document_ids)
+    chunks = sample_evenly(available, max_chunks)
     loaded = load_model(model_id, settings=settings)
     if max_new_tokens >= loaded.context_window - 32:
         raise DatasetError(f"{max_new_tokens} new tokens leave no room for the text in {loaded.model_id}'s "
@@ -140,9 +149,10 @@ def generate_qa_dataset(
             f"{loaded.model_id} wrote no usable question/answer pair from the {len(chunks)} chunks it read "
             f"({_reasons(dropped)}), so nothing was saved.{first} Try a larger model, a lower temperature, or more new tokens."
         )
-    dataset = write_dataset(db, name, kind="chat", source=f"questions and answers by {loaded.model_id} from {collection!r}",
-                            examples=examples, collection_id=origin.id, validation_fraction=validation_fraction, seed=seed)
-    return GenerationReport(dataset, len(chunks), len(examples), dropped, unparsed, time.perf_counter() - started)
+    source = f"questions and answers by {loaded.model_id} from {collection!r}" + _left_out(excluded)
+    dataset = write_dataset(db, name, kind="chat", source=source, examples=examples, collection_id=origin.id,
+                            validation_fraction=validation_fraction, seed=seed)
+    return GenerationReport(dataset, len(chunks), len(examples), dropped, unparsed, time.perf_counter() - started, excluded)
 
 
 def _ask_for_pair(loaded, chunk: ChunkText, questions: set[str], max_new_tokens: int,
@@ -157,15 +167,23 @@ def _ask_for_pair(loaded, chunk: ChunkText, questions: set[str], max_new_tokens:
     for _ in generation:
         pass
     reply = generation.text
-    pair = parse_qa(reply, cut_off=generation.stats.stopped_by == "max new tokens")
+    pair, reason = judge_reply(reply, chunk, questions, cut_off=generation.stats.stopped_by == "max new tokens")
+    return pair, reason, reply
+
+
+def judge_reply(reply: str, chunk: ChunkText, questions: set[str], *, cut_off: bool) -> tuple[QAPair | None, str]:
+    """The pair a reply gives for `chunk`, or None and why there is none (NO_PAIR, CUT_OFF,
+    BORROWED, DUPLICATE). `questions`: the lower-cased questions kept so far; `cut_off`: the reply
+    hit the new-token limit. Exam generation (core.evaluation.exams) judges its replies the same way."""
+    pair = parse_qa(reply, cut_off=cut_off)
     if pair is None:
-        return None, CUT_OFF if parse_qa(reply) is not None else NO_PAIR, reply
+        return None, CUT_OFF if parse_qa(reply) is not None else NO_PAIR
     said, text = f"{pair.question} {pair.answer}".lower(), chunk.text.lower()
     if any(word in said and word not in text for word in EXAMPLE_WORDS):
-        return None, BORROWED, reply
+        return None, BORROWED
     if pair.question.lower() in questions:
-        return None, DUPLICATE, reply
-    return pair, "", reply
+        return None, DUPLICATE
+    return pair, ""
 
 
 def qa_messages(chunk_text: str) -> list[dict]:
@@ -235,17 +253,48 @@ def parse_qa(reply: str, *, cut_off: bool = False) -> QAPair | None:
 
 
 def generate_text_dataset(db: Database, name: str, collection: str, *, max_chunks: int | None = None,
-                          validation_fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0) -> DatasetInfo:
-    """One plain-text example per chunk (continued pre-training on the documents' own words)."""
+                          validation_fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0,
+                          exclude_document_ids: Iterable[int] | None = None) -> DatasetInfo:
+    """One plain-text example per chunk (continued pre-training on the documents' own words), leaving
+    out the documents of `exclude_document_ids` (default: the documents of the collection's exams)."""
     name = ensure_name_free(db, name)
     origin = get_collection(db, collection)
-    chunks = sample_evenly(collection_chunks(db, origin.id), max_chunks)
+    available, excluded = training_chunks(db, origin, exclude_document_ids)
+    chunks = sample_evenly(available, max_chunks)
     examples = [NewExample(text=clean_text(c.text), document_id=c.document_id, chunk_id=c.id) for c in chunks if c.text.strip()]
-    return write_dataset(db, name, kind="text", source=f"text of {len(examples):,} chunks from {collection!r}", examples=examples,
-                         collection_id=origin.id, validation_fraction=validation_fraction, seed=seed)
+    return write_dataset(db, name, kind="text", source=f"text of {len(examples):,} chunks from {collection!r}" + _left_out(excluded),
+                         examples=examples, collection_id=origin.id, validation_fraction=validation_fraction, seed=seed)
 
 
 # --- chunks -----------------------------------------------------------------------------------
+
+
+def training_chunks(db: Database, origin: CollectionInfo, exclude_document_ids: Iterable[int] | None = None
+                    ) -> tuple[list[ChunkText], int]:
+    """(the collection's chunks that training data may use, how many were left out). None of
+    `exclude_document_ids` is used; by default those are the documents the collection's exams ask
+    about, so no exam question is answered by text a model was trained on."""
+    if exclude_document_ids is None:
+        from core.evaluation.exams import exam_document_ids  # evaluation builds on datasets: imported when used
+
+        exclude_document_ids = exam_document_ids(db, origin.id)
+    excluded = set(exclude_document_ids)
+    chunks = collection_chunks(db, origin.id)
+    kept = [c for c in chunks if c.document_id not in excluded]
+    if not kept:
+        raise DatasetError(
+            f"Every document of collection {origin.name!r} is held out for an exam, so there is nothing left to train on: "
+            "add documents to the collection, or delete the exam that uses them."
+        )
+    if len(kept) < len(chunks):
+        logger.info("Left out %d chunks of %d exam documents of collection %r.", len(chunks) - len(kept),
+                    len({c.document_id for c in chunks} & excluded), origin.name)
+    return kept, len(chunks) - len(kept)
+
+
+def _left_out(excluded: int) -> str:
+    return f" ({excluded:,} chunks of exam documents left out)" if excluded else ""
+
 
 
 def collection_chunks(db: Database, collection_id: int) -> list[ChunkText]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from core.errors import UserError
 
-class JobError(ValueError):
+
+class JobError(UserError):
     """A job request that cannot be carried out; the message says why and what to do."""
 
 

@@ -367,6 +367,7 @@ def _log_tail(connection, job_id: int, lines: int) -> list[str]:
 
 
 def job_log_tail(db: Database, job_id: int, lines: int = 40) -> list[str]:
+    get_job(db, job_id)  # an unknown id is a user mistake, not an empty log
     with db.engine.connect() as connection:
         return _log_tail(connection, job_id, lines)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from core.jobs.process import Cancelled, JobContext, default_explanation, main_for
 from core.jobs.queue import forget_metrics_after
 from core.models.adapters import publish_adapter
+from core.models.device import choose_device, four_bit_config
 from core.models.registry import resolve_model_path
 from core.training.callbacks import DatabaseReporter
 from core.training.checkpoints import delete_checkpoint, restore_latest_checkpoint
@@ -41,7 +42,7 @@ def train(context: JobContext) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from core.datasets import load_training_examples
+    from core.datasets import DatasetError, load_training_examples
 
     db, job, run_dir = context.db, context.job, context.run_dir
     s = job.settings
@@ -56,21 +57,18 @@ def train(context: JobContext) -> dict:
     train_rows = tokenize_examples(tokenizer, train_examples, s.max_seq_length)
     validation_rows = tokenize_examples(tokenizer, validation_examples, s.max_seq_length)
     if not train_rows:
-        raise ValueError(f"Dataset {job.dataset_name!r} has no training examples with an answer to learn.")
+        raise DatasetError(f"Dataset {job.dataset_name!r} has no training examples with an answer to learn.")
     trained = sum(sum(label != -100 for label in row["labels"]) for row in train_rows)
     print(f"Data: {len(train_rows)} training and {len(validation_rows)} validation examples, "
           f"{trained:,} answer tokens to learn per epoch.", flush=True)
 
     # --- model ------------------------------------------------------------------------------
-    cuda = torch.cuda.is_available()
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    device, dtype_name = choose_device()
+    cuda = device == "cuda"
+    dtype = getattr(torch, dtype_name)
     kwargs: dict = {"dtype": dtype}
     if job.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
-        )
+        kwargs["quantization_config"] = four_bit_config(dtype)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if cuda else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
     if job.method == "qlora":
