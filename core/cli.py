@@ -452,7 +452,9 @@ def cmd_compare(args) -> int:
     answers = compare(_database(), args.question, collection=args.collection, adapter=args.adapter, model_id=args.model,
                       variants=variants, max_new_tokens=args.max_new_tokens)
     if args.json:
-        _print_json([answer.to_dict() for answer in answers if answer.answer.complete()])
+        for answer in answers:  # one after another: they share the model
+            answer.answer.complete()
+        _print_json([answer.to_dict() for answer in answers])
         return 0
     for answer in answers:
         print(f"== {answer.variant}: {answer.label}" + (f" ({args.adapter})" if "ft" in answer.variant else "") + " ==")
@@ -510,6 +512,153 @@ def cmd_advise(args) -> int:
         for evidence in advice.evidence:
             print(f"  {evidence.text}")
     print(f"\nNext: {advice.next_step}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from core.evaluation.results import list_runs, load_results, runs_table
+    from core.evaluation.run import submit_evaluation
+
+    db = _database()
+    if args.action == "runs":
+        runs = list_runs(db, args.exam)
+        if args.json:
+            _print_json([{k: v for k, v in asdict(r).items() if k != "summary"} for r in runs])
+        elif not runs:
+            print("No evaluation runs yet: python -m core eval --exam NAME --variants base,rag")
+        for row in runs_table(runs) if not args.json else []:
+            print(f"{row['id']:>4}  {row['status']:<10} {row['exam'][:20]:<20} {row['variants']:<22} {row['answers']:>9}  {row['token F1']}")
+        return 0
+    if args.action == "show":
+        if not args.run_id:
+            raise UserError("eval show needs a run id (python -m core eval runs lists them).")
+        return _show_run(args, load_results(db, args.run_id))
+    if not args.exam:
+        raise UserError("eval needs --exam NAME (python -m core exams list shows them).")
+    if args.update_document:
+        from core.evaluation.knowledge_update import knowledge_update_check
+
+        path = Path(args.update_document)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file.")
+        update = knowledge_update_check(
+            db, filename=path.name, data=path.read_bytes(), exam=args.exam, run_id=args.from_run, adapter=args.adapter,
+            model=args.model, collection=args.collection, new_references=_new_references(args.new_reference),
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        )
+        print(update.message, file=sys.stderr if args.json else sys.stdout)
+        run_id, job = update.run_id, update.job
+    else:
+        run_id, job = submit_evaluation(
+            db, exam=args.exam, variants=args.variants, model=args.model, adapter=args.adapter, collection=args.collection,
+            max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, top_k=args.top_k,
+        )
+    if args.no_wait:
+        _result(args, {"run_id": run_id, "job": job.as_dict()},
+                f"Queued job {job.id} (evaluation run {run_id}): {job.title}. Follow it with "
+                f"`python -m core jobs logs {job.id} --follow`; then `python -m core eval show {run_id}`.")
+        return 0
+    print(f"Queued job {job.id} (evaluation run {run_id}): {job.title}.", file=sys.stderr if args.json else sys.stdout, flush=True)
+    code = _follow(job.id, out=sys.stderr if args.json else None)
+    if code == 0:
+        _show_run(args, load_results(db, run_id))
+    return code
+
+
+def _show_run(args, results) -> int:
+    from core.evaluation.results import text_report, to_csv, to_json
+
+    if args.csv:
+        Path(args.csv).write_text(to_csv(results), encoding="utf-8")
+        print(f"Wrote {len(results.answers)} answers to {args.csv}.", file=sys.stderr)
+    if args.json:
+        values = to_json(results)
+        _print_json(values if args.action == "show" else {"run": values["run"], "summary": values["summary"]})
+    else:
+        print(text_report(results))
+    return 0
+
+
+def _new_references(pairs: list[str] | None) -> dict[int, str] | None:
+    """["12=4.2 bar", ...] → {12: "4.2 bar"}."""
+    references = {}
+    for pair in pairs or []:
+        key, _, value = pair.partition("=")
+        if not key.strip().isdigit() or not value.strip():
+            raise UserError(f"--new-reference takes QUESTION_ID=ANSWER, not {pair!r}.")
+        references[int(key)] = value.strip()
+    return references or None
+
+
+def cmd_exams(args) -> int:
+    from core.evaluation.exams import delete_exam, export_exam, get_exam, list_exams, preview_exam_file, save_exam
+
+    db = _database()
+    if args.action == "list":
+        exams = list_exams(db, args.collection)
+        if args.json:
+            _print_json([asdict(e) for e in exams])
+        for e in exams if not args.json else []:
+            print(f"{e.name:<28} {e.source:<9} {e.question_count:>4} questions ({e.out_of_scope_count} out of scope)  "
+                  f"{e.document_count} documents  collection {e.collection}")
+        if not exams and not args.json:
+            print("No exams yet: `python -m core exams import FILE --name NAME --collection C` or `exams generate`.")
+        return 0
+    if args.action == "import":
+        if not args.target or not args.name or not args.collection:
+            raise UserError("exams import needs FILE, --name and --collection.")
+        preview = preview_exam_file(db, args.target, collection=args.collection)
+        if not args.json:
+            print(preview.summary)
+            for note in preview.notes:
+                print(note)
+            if preview.problems:
+                print(preview.problem_list(None), file=sys.stderr)
+        refused = bool(preview.problems) and not args.skip_bad_rows
+        info = None if refused else save_exam(db, args.name, preview, skip_bad_rows=args.skip_bad_rows)
+        if args.json:
+            _print_json({"summary": preview.summary, "notes": preview.notes, "problems": [asdict(p) for p in preview.problems],
+                         "saved": asdict(info) if info else None})
+        elif info:
+            print(f"Saved exam {info.name!r}: {info.question_count} questions.")
+        if refused:
+            print("Nothing saved: fix the rows above, or add --skip-bad-rows.", file=sys.stderr)
+            return 2
+        return 0
+    if args.action == "generate":
+        if not args.name or not args.collection:
+            raise UserError("exams generate needs --name and --collection.")
+        from core.evaluation.exam_job import submit_generate_exam
+
+        return _queued(args, submit_generate_exam(
+            db, name=args.name, collection=args.collection, model_id=args.model, heldout_fraction=args.heldout_fraction,
+            heldout_documents=args.heldout_document, questions=args.questions, out_of_scope=args.out_of_scope, seed=args.seed,
+        ))
+    if not args.target:
+        raise UserError(f"exams {args.action} needs the exam's name (exams list shows them).")
+    if args.action == "show":
+        exam = get_exam(db, args.target)
+        if args.json:
+            _print_json({**asdict(exam.info), "questions": [asdict(q) for q in exam.questions]})
+            return 0
+        e = exam.info
+        print(f"{e.name}: {e.question_count} questions ({e.out_of_scope_count} out of scope) on {e.document_count} documents "
+              f"of {e.collection!r}, {e.source}.")
+        for q in exam.questions:
+            where = " (out of scope)" if q.out_of_scope else f"  [{q.source_document}]" if q.source_document else ""
+            print(f"{q.ordinal + 1:>4}. {q.question}{where}\n      → {q.reference_answer}")
+    elif args.action == "export":
+        exported = export_exam(db, args.target)
+        if args.output:
+            Path(args.output).write_text(exported, encoding="utf-8")
+            print(f"Wrote {args.output}.", file=sys.stderr)
+        else:
+            print(exported, end="")
+    elif args.action == "delete":
+        if not args.yes:
+            raise UserError(f"This deletes exam {args.target!r} with its questions and evaluation runs. Add --yes to confirm.")
+        deleted = delete_exam(db, args.target)
+        _result(args, {"deleted": args.target, "questions": deleted}, f"Deleted exam {args.target!r} ({deleted} questions).")
     return 0
 
 
@@ -593,6 +742,24 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--json", action="store_true")
     datasets.set_defaults(handler=cmd_datasets)
 
+    exams = commands.add_parser("exams", help="evaluation sets: import, generate (a job), list, show, export, delete")
+    exams.add_argument("action", choices=("list", "import", "generate", "show", "export", "delete"))
+    exams.add_argument("target", nargs="?", metavar="FILE|NAME", help="import: the JSONL/CSV file; show, export, delete: the exam")
+    exams.add_argument("--name", help="import, generate: the new exam's name")
+    exams.add_argument("--collection", "-c", help="import: the documents it asks about; generate: where to draw it from")
+    exams.add_argument("--skip-bad-rows", action="store_true", help="import: save the good rows, leave out the bad ones")
+    exams.add_argument("--model", help="generate: the model that writes the questions (default: the configured one)")
+    exams.add_argument("--heldout-fraction", type=float, default=0.2, help="generate: share of documents held out (default 0.2)")
+    exams.add_argument("--heldout-document", action="append", help="generate: hold out this document (file name; repeatable)")
+    exams.add_argument("--questions", type=int, default=25, help="generate: at most this many questions, one per chunk")
+    exams.add_argument("--out-of-scope", type=int, default=0, help="generate: add this many questions the documents cannot answer")
+    exams.add_argument("--seed", type=int, default=0, help="generate: which documents are held out")
+    exams.add_argument("--output", help="export: the JSONL file to write (default: standard output)")
+    exams.add_argument("--yes", action="store_true", help="confirm delete")
+    exams.add_argument("--no-wait", action="store_true", help="generate: queue the job and return at once")
+    exams.add_argument("--json", action="store_true")
+    exams.set_defaults(handler=cmd_exams)
+
     from core.training.spec import PRESETS
 
     train = commands.add_parser("train", help="queue a LoRA/QLoRA fine-tuning job")
@@ -658,6 +825,31 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--exam", help="weigh the runs on this exam (default: the one scored most recently)")
     advise.add_argument("--json", action="store_true")
     advise.set_defaults(handler=cmd_advise)
+
+    evaluation = commands.add_parser(
+        "eval", help="score base, RAG, fine-tuned and both on an exam (a job); list runs; show one",
+        description="eval --exam NAME --variants base,rag,ft,rag+ft: queue the run, follow it, print the table. "
+                    "eval runs [--exam NAME]. eval show RUN_ID [--json | --csv FILE].")
+    evaluation.add_argument("action", nargs="?", choices=("run", "runs", "show"), default="run")
+    evaluation.add_argument("run_id", nargs="?", type=int, help="show: the run (eval runs lists them)")
+    evaluation.add_argument("--exam", help="the exam to answer (runs: only its runs)")
+    evaluation.add_argument("--variants", default="base,rag", help="comma-separated: base, rag, ft, rag+ft (default base,rag)")
+    evaluation.add_argument("--adapter", help="the fine-tuned adapter for ft and rag+ft")
+    evaluation.add_argument("--collection", help="RAG's collection (default: the exam's)")
+    evaluation.add_argument("--model", help="base model (default: the configured language model)")
+    evaluation.add_argument("--batch-size", type=int, default=8, help="questions generated together (default 8)")
+    evaluation.add_argument("--max-new-tokens", type=int, help="longest answer (default: the configured one)")
+    evaluation.add_argument("--top-k", type=int, help="k of hit@k (default: the passages retrieved)")
+    evaluation.add_argument("--update-document", metavar="FILE",
+                            help="knowledge-update check: replace the collection's document of this file name with FILE, "
+                                 "then ask its questions again with rag (and ft with --adapter)")
+    evaluation.add_argument("--new-reference", action="append", metavar="QUESTION_ID=ANSWER",
+                            help="with --update-document: the answer the edited document gives (repeatable)")
+    evaluation.add_argument("--from-run", type=int, help="with --update-document: take exam, model, adapter, collection from this run")
+    evaluation.add_argument("--no-wait", action="store_true", help="queue the job and return at once")
+    evaluation.add_argument("--csv", metavar="FILE", help="show: also write one row per answer to FILE")
+    evaluation.add_argument("--json", action="store_true")
+    evaluation.set_defaults(handler=cmd_eval)
 
     db = commands.add_parser("db", help="migrate the database and show where it is")
     db.add_argument("action", choices=("upgrade", "info"))

@@ -72,7 +72,7 @@ if shown is not None and shown.blind and shown.choice is None:
         pick = st.radio("Which answer is best?", [*shown.order, TIE, ALL_WRONG], index=None, horizontal=True,
                         key="compare_choice")
         note = st.text_input("Note (optional)", key="compare_note", placeholder="why, or what all of them missed")
-        submitted = st.form_submit_button("Submit vote")
+        submitted = st.form_submit_button("Submit vote", key="compare_submit_vote")
     if submitted and pick is None:
         st.error("Pick the best answer, or “tie”, or “all wrong”.")
     elif submitted:

@@ -69,3 +69,23 @@ def build_tiny_model(folder: Path, architecture: str = "llama", seed: int = 0, h
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def build_tiny_adapter(base_folder: str | Path, target: Path, seed: int = 1, train_seconds: float | None = None) -> Path:
+    """A real PEFT LoRA adapter for `base_folder` whose weights change the output, saved to `target`;
+    with `train_seconds`, a training record (training.json) as a fine-tuning job would leave."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_folder), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.5)  # LoRA starts as a no-op; make it change the output
+    model.save_pretrained(target)
+    if train_seconds is not None:
+        (Path(target) / "training.json").write_text(json.dumps({"metrics": {"train_seconds": train_seconds}}))
+    return Path(target)

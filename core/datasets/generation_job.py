@@ -44,6 +44,7 @@ class GenerateDatasetParams(BaseModel):
     temperature: float = 0.0
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     seed: int = 0
+    exclude_document_ids: list[int] | None = None  # None: the documents of the collection's exams, when it runs
 
 
 def submit_generate_dataset(
@@ -58,6 +59,7 @@ def submit_generate_dataset(
     temperature: float = 0.0,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     seed: int = 0,
+    exclude_document_ids: list[int] | None = None,
     settings: Settings | None = None,
 ) -> Job:
     """Check everything that can fail fast, then queue the generation (one per dataset name)."""
@@ -82,7 +84,8 @@ def submit_generate_dataset(
         model_id = None
     params = GenerateDatasetParams(dataset_name=name, collection=origin.name, kind=kind, model_id=model_id,
                                    max_chunks=max_chunks, max_new_tokens=max_new_tokens, temperature=temperature,
-                                   validation_fraction=validation_fraction, seed=seed)
+                                   validation_fraction=validation_fraction, seed=seed,
+                                   exclude_document_ids=None if exclude_document_ids is None else list(exclude_document_ids))
     return create_job(db, kind=KIND, params=params, title=f"Generate {name} ({WHAT[kind]} from {origin.name})",
                       unique_key="dataset_name")
 
@@ -106,13 +109,14 @@ def run(context: JobContext) -> dict:
     result: dict = {}
     if p.kind == "text":
         info = generate_text_dataset(context.db, p.dataset_name, p.collection, max_chunks=p.max_chunks,
-                                     validation_fraction=p.validation_fraction, seed=p.seed)
+                                     validation_fraction=p.validation_fraction, seed=p.seed,
+                                     exclude_document_ids=p.exclude_document_ids)
         message = f"Saved {info.name!r}: {info.train_count:,} train and {info.validation_count:,} validation passages."
     else:
         report = generate_qa_dataset(
             context.db, p.dataset_name, p.collection, model_id=p.model_id, max_chunks=p.max_chunks,
             max_new_tokens=p.max_new_tokens, temperature=p.temperature, validation_fraction=p.validation_fraction,
-            seed=p.seed, progress=context.fraction, settings=context.settings,
+            seed=p.seed, exclude_document_ids=p.exclude_document_ids, progress=context.fraction, settings=context.settings,
         )
         info, message = report.dataset, report.message
         result = {"chunks": report.chunks, "pairs": report.pairs, "dropped": report.dropped}

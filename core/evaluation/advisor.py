@@ -17,14 +17,16 @@ Without runs it says which run to make first.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import text
 
-from core.db import Database
 from core.errors import UserError
-from core.evaluation.compare import LABELS
 from core.evaluation.stats import BETTER, WORSE, Interval, bootstrap_mean, paired_difference, verdict
+from core.evaluation.variants import LABELS
+
+if TYPE_CHECKING:
+    from core.db import Database
 
 Recommendation = Literal["rag", "fine-tune", "rag+fine-tune", "run an evaluation first"]
 RECOMMENDATION_LABELS = {

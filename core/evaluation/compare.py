@@ -18,19 +18,10 @@ from dataclasses import dataclass
 from core.answers.rag import Answer, AnswerTimings, QuestionError, Source, ask
 from core.config import Settings, get_settings
 from core.db import Database
+from core.evaluation.variants import LABELS, USES_ADAPTER, USES_RAG, VARIANTS
 from core.models import NO_ADAPTER, load_model
 from core.models.adapters import find_adapter
 from core.models.loading import use_adapter
-
-VARIANTS: tuple[str, ...] = ("base", "rag", "ft", "rag+ft")
-LABELS = {
-    "base": "Base model",
-    "rag": "Base + RAG",
-    "ft": "Fine-tuned",
-    "rag+ft": "Fine-tuned + RAG",
-}
-_USES_RAG = {"base": False, "rag": True, "ft": False, "rag+ft": True}
-_USES_ADAPTER = {"base": False, "rag": False, "ft": True, "rag+ft": True}
 
 
 class CompareError(QuestionError):
@@ -112,13 +103,13 @@ def compare(
     if not (question or "").strip():
         raise CompareError("Type a question first.")
     adapter = None if adapter in (None, "", NO_ADAPTER) else adapter
-    fine_tuned = [v for v in variants if _USES_ADAPTER[v]]
+    fine_tuned = [v for v in variants if USES_ADAPTER[v]]
     if fine_tuned and adapter is None:
         raise CompareError(
             f"The {' and '.join(repr(v) for v in fine_tuned)} variant{'s need' if len(fine_tuned) > 1 else ' needs'} "
             "a fine-tuned adapter: pick one (fine-tune one on the Fine-tune page), or leave those variants out."
         )
-    if any(_USES_RAG[v] for v in variants) and not collection:
+    if any(USES_RAG[v] for v in variants) and not collection:
         raise CompareError("The RAG variants need a collection to answer from: choose one, or leave them out.")
     loaded = load_model(model_id, settings=settings)
     if fine_tuned:
@@ -127,8 +118,8 @@ def compare(
             use_adapter(loaded, adapter, info.path)
     return [
         VariantAnswer(variant, ask(
-            db, question, collection=collection if _USES_RAG[variant] else None, use_rag=_USES_RAG[variant],
-            adapter=adapter if _USES_ADAPTER[variant] else None, model_id=loaded.model_id,
+            db, question, collection=collection if USES_RAG[variant] else None, use_rag=USES_RAG[variant],
+            adapter=adapter if USES_ADAPTER[variant] else None, model_id=loaded.model_id,
             max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p, settings=settings,
         ))
         for variant in variants

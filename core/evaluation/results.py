@@ -387,3 +387,57 @@ def to_json(results: RunResults) -> dict:
 
 def to_json_text(results: RunResults) -> str:
     return json.dumps(to_json(results), indent=2, ensure_ascii=False)
+
+
+# --- text report (the command line) ---------------------------------------------------------------
+
+REPORT_METRICS = ("token_f1", "exact_match", "rouge_l", "similarity", "hit_at_k", "mrr", "cited_source", "abstention",
+                  "looped", "latency_seconds", "time_to_first_token", "new_tokens")
+
+
+def text_report(results: RunResults) -> str:
+    """The score table (a row per metric, a column per variant), the pairwise verdicts and the diagnoses."""
+    run, summary = results.run, results.summary
+    variants = list(summary.get("variants", {}))
+    status = "finished" if run.finished else f"not finished ({run.job_status or 'no job'}; the table shows the answers so far)"
+    lines = [f"Run {run.id} · exam {run.exam} · {run.model}" + (f" + {run.adapter}" if run.adapter else "")
+             + (f" · collection {run.collection}" if run.collection else "") + f" · {status}",
+             f"{summary.get('questions', 0)} questions, {summary.get('answers', 0)} answers; means with "
+             f"{summary.get('confidence', CONFIDENCE):.0%} bootstrap intervals.", ""]
+    width = 20
+    lines.append(f"{'':<18}" + "".join(f"{v:<{width}}" for v in variants))
+    for metric in REPORT_METRICS:
+        cells = [summary["variants"][v].get(metric) for v in variants]
+        lines.append(f"{LABELS[metric]:<18}" + "".join(f"{format_interval(c, metric) if c else '–':<{width}}" for c in cells))
+    pairs = pair_rows(summary)
+    if pairs:
+        lines += ["", f"Paired differences (first minus second; {LABELS[HEADLINE]}, then other metrics with a verdict):"]
+        headline = [p for p in pairs if p["metric"] == LABELS[HEADLINE]]
+        others = [p for p in pairs if p["metric"] != LABELS[HEADLINE] and p["verdict"] != NO_DIFFERENCE]
+        for p in headline + others:
+            lines.append(f"  {p['pair']:<16} {p['metric']:<16} {p['difference']:<24} {p['verdict']}")
+    lines += ["", "Diagnoses:"]
+    for variant, counts in summary.get("diagnoses", {}).items():
+        shown = ", ".join(f"{name} {count}" for name, count in counts.items() if count)
+        lines.append(f"  {variant:<8} {shown or '-'}")
+    update = summary.get("knowledge_update")
+    if update:
+        lines += ["", "Knowledge update (token F1 against the new and the old reference answers):"]
+        for variant, entry in update.items():
+            passages = (f", new fact in the passages given for {entry['new_fact_in_passages']:.0%} of questions"
+                        if "new_fact_in_passages" in entry else "")
+            lines.append(f"  {variant:<8} new {entry['f1_new_reference']:.2f}, old {entry['f1_old_reference']:.2f}{passages}")
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[RunInfo]) -> list[dict]:
+    """Rows for a list of runs: id, exam, variants, model, adapter, progress, headline score per variant."""
+    rows = []
+    for run in runs:
+        f1 = {v: (m.get(HEADLINE) or {}).get("mean") for v, m in ((run.summary or {}).get("variants") or {}).items()}
+        rows.append({"id": run.id, "exam": run.exam, "variants": ", ".join(run.variants), "model": run.model,
+                     "adapter": run.adapter or "", "answers": f"{run.answers}/{run.questions * len(run.variants)}",
+                     "status": "finished" if run.finished else (run.job_status or "no job"),
+                     "token F1": ", ".join(f"{v} {x:.2f}" for v, x in f1.items() if x is not None),
+                     "created": run.created_at.strftime("%Y-%m-%d %H:%M")})
+    return rows

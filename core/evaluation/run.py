@@ -30,14 +30,14 @@ from core.db import Database
 from core.documents.library import get_collection, list_collections
 from core.evaluation.results import EvaluationError, get_run, load_answers, summarize
 from core.evaluation.scoring import ExamItem, Passage, score_answer
+from core.evaluation.variants import USES_ADAPTER, USES_RAG, VARIANTS
 from core.jobs.process import JobContext, main_for
 from core.jobs.queue import Job, create_job
 from core.models.registry import check_model_available
 
 KIND = "evaluate"
-VARIANTS = ("base", "rag", "ft", "rag+ft")
-RAG_VARIANTS = frozenset({"rag", "rag+ft"})
-FT_VARIANTS = frozenset({"ft", "rag+ft"})
+RAG_VARIANTS = frozenset(v for v in VARIANTS if USES_RAG[v])
+FT_VARIANTS = frozenset(v for v in VARIANTS if USES_ADAPTER[v])
 Variant = Literal["base", "rag", "ft", "rag+ft"]
 DEFAULT_BATCH_SIZE = 8
 # Questions whose prompts are built (and retrieved for) together, then sorted by length into batches:

@@ -19,8 +19,8 @@ from sqlalchemy import text
 
 from core.db import Database
 from core.errors import UserError
-from core.evaluation.compare import LABELS, VARIANTS
 from core.evaluation.stats import ALL_WRONG, TIE, bradley_terry_intervals, ranking_decided, votes_to_comparisons
+from core.evaluation.variants import LABELS, VARIANTS
 
 CHOICES_BESIDES_VARIANTS = (TIE, ALL_WRONG)
 MAX_NOTE_CHARS = 2000

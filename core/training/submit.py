@@ -8,6 +8,8 @@ from core.config import Settings, get_settings
 from core.db import Database
 from core.jobs.queue import Job, JobError, create_job, validate_adapter_name
 from core.models.adapters import adapter_exists
+from core.models.context import context_window
+from core.models.device import choose_device
 from core.models.registry import ModelNotAvailable, resolve_model_path
 from core.training.estimate import Estimate, estimate_job, model_shape
 from core.training.spec import Method, TrainingSettings, TrainParams
@@ -22,7 +24,7 @@ def check_four_bit_support() -> None:
         import bitsandbytes.functional as bnb_functional
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device, _ = choose_device()
         bnb_functional.quantize_4bit(torch.randn(64, 64, device=device), quant_type="nf4")
     except Exception as error:  # ImportError, RuntimeError from a missing backend, ...
         raise JobError(
@@ -53,13 +55,17 @@ def plan_job(db: Database, *, dataset: str, base_model: str, method: Method, set
         path = resolve_model_path(base_model, app_settings)
     except ModelNotAvailable as error:
         raise JobError(str(error)) from error
-    shape = model_shape(path, settings.target_modules)
-    limit = _position_limit(path)
+    from transformers import AutoConfig
+
+    try:
+        shape = model_shape(path, settings.target_modules)
+        limit = context_window(AutoConfig.from_pretrained(path))
+    except (ValueError, KeyError, OSError) as error:
+        raise JobError(f"{base_model} cannot be read as a causal language model "
+                       f"({type(error).__name__}: {str(error)[:200]}). Choose another model.") from error
     if settings.max_seq_length > limit:
         raise JobError(f"Max sequence length {settings.max_seq_length:,} is more than {base_model} supports ({limit:,}).")
-    import torch
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, _ = choose_device()
     if method == "qlora" and device == "cpu" and shape.narrowest_linear_inputs < FOUR_BIT_BLOCK:
         raise JobError(
             f"QLoRA on the CPU needs layers at least {FOUR_BIT_BLOCK} inputs wide (bitsandbytes quantizes blocks of "
@@ -82,13 +88,6 @@ def _token_stats(db: Database, dataset: str, model_path, max_length: int) -> tup
     train, _validation = load_training_examples(db, dataset)
     rows = tokenize_examples(AutoTokenizer.from_pretrained(model_path), train, max_length)
     return len(rows), (sum(len(r["input_ids"]) for r in rows) / len(rows) if rows else 0.0)
-
-
-def _position_limit(path) -> int:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 
 def submit_job(db: Database, *, adapter_name: str, dataset: str, base_model: str, method: Method,
