@@ -15,6 +15,8 @@ navigation = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
         st.Page("pages/training_data.py", title="Training data", icon=":material/dataset:"),
         st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+        st.Page("pages/exams.py", title="Exams", icon=":material/quiz:"),
+        st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
         st.Page("pages/advisor.py", title="Advisor", icon=":material/recommend:"),
     ]
 )

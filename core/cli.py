@@ -626,12 +626,12 @@ def cmd_exams(args) -> int:
             return 2
         return 0
     if args.action == "generate":
-        if not args.name or not args.collection:
-            raise UserError("exams generate needs --name and --collection.")
+        if not args.collection:
+            raise UserError("exams generate needs --collection.")
         from core.evaluation.exam_job import submit_generate_exam
 
         return _queued(args, submit_generate_exam(
-            db, name=args.name, collection=args.collection, model_id=args.model, heldout_fraction=args.heldout_fraction,
+            db, name=args.name or f"{args.collection}-exam", collection=args.collection, model_id=args.model, heldout_fraction=args.heldout_fraction,
             heldout_documents=args.heldout_document, questions=args.questions, out_of_scope=args.out_of_scope, seed=args.seed,
         ))
     if not args.target:
@@ -745,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     exams = commands.add_parser("exams", help="evaluation sets: import, generate (a job), list, show, export, delete")
     exams.add_argument("action", choices=("list", "import", "generate", "show", "export", "delete"))
     exams.add_argument("target", nargs="?", metavar="FILE|NAME", help="import: the JSONL/CSV file; show, export, delete: the exam")
-    exams.add_argument("--name", help="import, generate: the new exam's name")
+    exams.add_argument("--name", help="import, generate: the new exam's name (generate: default COLLECTION-exam)")
     exams.add_argument("--collection", "-c", help="import: the documents it asks about; generate: where to draw it from")
     exams.add_argument("--skip-bad-rows", action="store_true", help="import: save the good rows, leave out the bad ones")
     exams.add_argument("--model", help="generate: the model that writes the questions (default: the configured one)")
@@ -775,7 +775,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser("jobs", help="list, show, follow, cancel, resume or delete jobs of every kind")
     jobs.add_argument("action", choices=("list", "show", "logs", "cancel", "resume", "delete"))
-    jobs.add_argument("--kind", help="list: only jobs of this kind (train, generate-dataset, reembed, merge, evaluate)")
+    jobs.add_argument("--kind", help="list: only jobs of this kind (train, generate-dataset, generate-exam, reembed, merge, evaluate)")
     jobs.add_argument("id", nargs="?", type=int)
     jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jobs.add_argument("--lines", type=int, default=40)

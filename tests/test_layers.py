@@ -40,3 +40,50 @@ def test_shared_leaf_modules_import_nothing_from_core():
     """errors, formatting and text are used by every layer (core, core/ui, the CLI): they import no core module."""
     for name in ("errors.py", "formatting.py", "text.py"):
         assert "core" not in imported_modules(ROOT / "core" / name), name
+
+
+# Capabilities from the bottom up: a package may import its own layer and those below, never above.
+LAYERS = [
+    {"errors", "formatting", "text", "config"},
+    {"db"},
+    {"jobs"},
+    {"documents"},
+    {"models"},
+    {"answers"},
+    {"datasets"},
+    {"training"},
+    {"evaluation"},
+    {"ui"},
+    {"cli", "__main__"},
+]
+
+
+def _layer(name: str) -> int:
+    return next(index for index, members in enumerate(LAYERS) if name in members)
+
+
+def test_every_core_package_is_in_a_layer():
+    names = {p.name.removesuffix(".py") for p in (ROOT / "core").iterdir()
+             if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists())) and p.name != "__init__.py"}
+    assert names <= set().union(*LAYERS), names - set().union(*LAYERS)
+
+
+def test_capabilities_import_only_downward():
+    """Imports inside functions count too: a lazy import upward is still a cycle."""
+    offenders = []
+    for path in (ROOT / "core").rglob("*.py"):
+        relative = path.relative_to(ROOT / "core")
+        if relative.parts[0] in ("migrations", "__init__.py") or "migrations" in relative.parts:
+            continue
+        source = relative.parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core."):
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names if alias.name.startswith("core.")]
+            for module in modules:
+                target = module.split(".")[1]
+                if target != source and _layer(target) > _layer(source):
+                    offenders.append(f"{relative} imports {module}")
+    assert offenders == []

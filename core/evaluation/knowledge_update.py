@@ -75,16 +75,16 @@ def knowledge_update_check(
     if not exam:
         raise EvaluationError("Name the exam (or an earlier run) whose questions about the document to ask again.")
     info = exam_info(db, exam)
-    collection = collection or info["collection"]
+    collection = collection or info.collection
     if not collection:
-        raise EvaluationError(f"Exam {info['name']!r} names no collection: choose the one that holds {filename!r}.")
+        raise EvaluationError(f"Exam {info.name!r} names no collection: choose the one that holds {filename!r}.")
     old_documents = find_documents(db, collection, filename)
     if not old_documents:
         raise EvaluationError(f"{filename!r} is not in the collection {collection!r}: the check replaces a document "
                               "that is there, with the same file name.")
-    questions = _questions_about(db, info["id"], filename, [d.id for d in old_documents])
+    questions = _questions_about(db, info.id, filename, [d.id for d in old_documents])
     if not questions:
-        raise EvaluationError(f"Exam {info['name']!r} has no questions about {filename!r}.")
+        raise EvaluationError(f"Exam {info.name!r} has no questions about {filename!r}.")
     unknown = set(new_references or {}) - set(questions)
     if unknown:
         raise EvaluationError(f"Questions {sorted(unknown)} are not questions of this exam about {filename!r}.")
@@ -92,7 +92,7 @@ def knowledge_update_check(
     update = {"document": filename, "old_document_ids": [d.id for d in old_documents], "before_run": run_id,
               "old_references": {str(q): questions[q] for q in questions}}
     plan = plan_evaluation(
-        db, exam=info["name"], variants=variants, model=model, adapter=adapter, collection=collection,
+        db, exam=info.name, variants=variants, model=model, adapter=adapter, collection=collection,
         max_new_tokens=max_new_tokens, batch_size=batch_size, question_ids=list(questions),
         reference_overrides=new_references, extra_settings={"knowledge_update": update}, settings=settings,
     )

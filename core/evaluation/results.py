@@ -441,3 +441,4 @@ def runs_table(runs: list[RunInfo]) -> list[dict]:
                      "token F1": ", ".join(f"{v} {x:.2f}" for v, x in f1.items() if x is not None),
                      "created": run.created_at.strftime("%Y-%m-%d %H:%M")})
     return rows
+

@@ -28,6 +28,7 @@ from core.answers.rag import NOTHING_FOUND, PreparedAnswer, cited_numbers, prepa
 from core.config import Settings, get_settings
 from core.db import Database
 from core.documents.library import get_collection, list_collections
+from core.evaluation.exams import ExamInfo, check_no_leakage, get_exam
 from core.evaluation.results import EvaluationError, get_run, load_answers, summarize
 from core.evaluation.scoring import ExamItem, Passage, score_answer
 from core.evaluation.variants import USES_ADAPTER, USES_RAG, VARIANTS
@@ -81,21 +82,12 @@ def parse_variants(variants: str | list[str]) -> list[str]:
     return chosen
 
 
-def exam_info(db: Database, name: str) -> dict:
-    with db.engine.connect() as connection:
-        row = connection.execute(
-            text("SELECT e.id, e.name, c.name AS collection, (SELECT count(*) FROM exam_questions q WHERE q.exam_id = e.id) AS questions "
-                 "FROM exams e LEFT JOIN collections c ON c.id = e.collection_id WHERE e.name = :n"),
-            {"n": (name or "").strip()},
-        ).first()
-        if row is None:
-            known = connection.execute(text("SELECT name FROM exams ORDER BY name")).scalars().all()
-    if row is None:
-        hint = f" Exams: {', '.join(known)}." if known else " There are no exams yet: import or generate one first."
-        raise EvaluationError(f"No exam named {name!r}.{hint}")
-    if not row.questions:
-        raise EvaluationError(f"Exam {row.name!r} has no questions.")
-    return dict(row._mapping)
+def exam_info(db: Database, name: str) -> ExamInfo:
+    """The exam (ExamError when there is none of that name), refused when it has no questions."""
+    info = get_exam(db, (name or "").strip()).info
+    if not info.question_count:
+        raise EvaluationError(f"Exam {info.name!r} has no questions: add some on the Exams page first.")
+    return info
 
 
 def _same_model(adapter_base: str | None, model: str) -> bool:
@@ -121,14 +113,6 @@ def _check_question_ids(db: Database, exam_id: int, question_ids: list[int]) -> 
     if not question_ids:
         raise EvaluationError("Choose at least one question.")
     return sorted(set(question_ids))
-
-
-def check_no_leakage(db: Database, exam: str, adapter: str) -> None:
-    """Refuse an adapter whose training data overlaps the exam (core.evaluation.exams decides)."""
-    # LEAKAGE CHECK: core.evaluation.exams.check_no_leakage raises ExamError (a UserError) with the reason.
-    from core.evaluation.exams import check_no_leakage as exams_check_no_leakage
-
-    exams_check_no_leakage(db, exam, adapter)
 
 
 @dataclass(frozen=True)
@@ -165,7 +149,7 @@ def plan_evaluation(
     chosen = parse_variants(variants)
     info = exam_info(db, exam)
     if question_ids is not None:
-        question_ids = _check_question_ids(db, info["id"], question_ids)
+        question_ids = _check_question_ids(db, info.id, question_ids)
     max_new_tokens = max_new_tokens or settings.max_new_tokens
     if not 1 <= max_new_tokens <= 8192:
         raise EvaluationError(f"Allow 1 to 8192 new tokens per answer, not {max_new_tokens}.")
@@ -189,11 +173,11 @@ def plan_evaluation(
             raise EvaluationError(f"Adapter {adapter!r} was trained on {found.base_model}, not on {model}: evaluate it "
                                   f"with --model {found.base_model}, or choose an adapter trained on {model}.")
 
-    collection = (collection or "").strip() or info["collection"]
+    collection = (collection or "").strip() or info.collection
     collection_id = None
     if RAG_VARIANTS & set(chosen):
         if not collection:
-            raise EvaluationError(f"The rag variants need a collection, and exam {info['name']!r} names none: choose one.")
+            raise EvaluationError(f"The rag variants need a collection, and exam {info.name!r} names none: choose one.")
         counts = next((c for c in list_collections(db) if c.name == collection), None) or get_collection(db, collection)
         if counts.document_count == 0:
             raise EvaluationError(f"The collection {collection!r} has no documents: RAG would have nothing to retrieve. "
@@ -204,23 +188,26 @@ def plan_evaluation(
         collection_id, embedding_model = origin.id, origin.embedding_model
     if reference_overrides and question_ids is not None and not set(reference_overrides) <= set(question_ids):
         raise EvaluationError("New reference answers are given for questions the run does not ask.")
-    if adapter:
-        check_no_leakage(db, info["name"], adapter)
+    leakage = None
+    if adapter:  # refused (ExamError, with the reason) when its training data overlaps the exam
+        check = check_no_leakage(db, info.name, adapter)
+        leakage = {"verified": check.verified, "dataset": check.dataset, "examples_checked": check.examples_checked,
+                   "note": check.note}
 
     run_settings = {
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "top_k": top_k, "rag_top_k": settings.rag_top_k,
         "rag_min_similarity": settings.rag_min_similarity, "search_mode": "hybrid", "decoding": "greedy",
-        "embedding_model": embedding_model, "question_ids": question_ids,
+        "embedding_model": embedding_model, "question_ids": question_ids, "leakage": leakage,
         "reference_overrides": {str(k): v for k, v in (reference_overrides or {}).items()} or None,
         **(extra_settings or {}),
     }
-    params = {"exam": info["name"], "variants": chosen, "model": model, "adapter": adapter, "collection": collection,
+    params = {"exam": info.name, "variants": chosen, "model": model, "adapter": adapter, "collection": collection,
               "embedding_model": embedding_model, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
               "top_k": top_k, "question_ids": question_ids, "reference_overrides": reference_overrides}
     EvaluateParams.model_validate({**params, "run_id": 0})  # the job will read them back: fail here, not there
     subset = f" ({len(question_ids)} questions)" if question_ids else ""
-    return EvaluationPlan(info["id"], collection_id, params, run_settings,
-                          f"Evaluate {info['name']}: {', '.join(chosen)}{subset}")
+    return EvaluationPlan(info.id, collection_id, params, run_settings,
+                          f"Evaluate {info.name}: {', '.join(chosen)}{subset}")
 
 
 def save_evaluation(db: Database, plan: EvaluationPlan) -> tuple[int, Job]:

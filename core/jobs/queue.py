@@ -75,12 +75,6 @@ class Job:
         return self.params.get("method")
 
     @property
-    def settings(self):
-        from core.training.spec import TrainingSettings
-
-        return TrainingSettings.from_dict(self.params["settings"]) if "settings" in self.params else None
-
-    @property
     def final_metrics(self) -> dict | None:
         return self.result
 

@@ -111,8 +111,8 @@ def _training_record(folder: Path) -> dict:
 
 
 def _job_settings(job) -> dict:
-    settings = getattr(job, "settings", None)
-    return settings.to_dict() if hasattr(settings, "to_dict") else dict(settings or {})
+    """The training settings as stored in the job's parameters."""
+    return dict((getattr(job, "params", None) or {}).get("settings") or {})
 
 
 def publish_adapter(db: Database, staging: Path, job, metrics: dict, settings: Settings | None = None) -> AdapterInfo:

@@ -20,7 +20,7 @@ from core.models.registry import resolve_model_path
 from core.training.callbacks import DatabaseReporter
 from core.training.checkpoints import delete_checkpoint, restore_latest_checkpoint
 from core.training.data import PadToLongest, tokenize_examples
-from core.training.spec import target_modules_for
+from core.training.spec import TrainingSettings, target_modules_for
 
 
 def run(context: JobContext) -> dict:
@@ -28,7 +28,7 @@ def run(context: JobContext) -> dict:
     job = context.job
     (context.run_dir / "job.json").write_text(json.dumps(
         {"job": job.id, "adapter": job.adapter_name, "dataset": job.dataset_name, "base_model": job.base_model,
-         "method": job.method, "settings": job.settings.to_dict()}, indent=2))
+         "method": job.method, "settings": job.params["settings"]}, indent=2))
     print(f"{job.method.upper()} of {job.base_model} on dataset {job.dataset_name!r} → adapter {job.adapter_name!r}.",
           flush=True)
     metrics = train(context)
@@ -45,7 +45,7 @@ def train(context: JobContext) -> dict:
     from core.datasets import DatasetError, load_training_examples
 
     db, job, run_dir = context.db, context.job, context.run_dir
-    s = job.settings
+    s = TrainingSettings.from_dict(job.params["settings"])
     set_seed(s.seed)
 
     # --- data -------------------------------------------------------------------------------
