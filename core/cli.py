@@ -592,6 +592,7 @@ def _new_references(pairs: list[str] | None) -> dict[int, str] | None:
 
 def cmd_exams(args) -> int:
     from core.evaluation.exams import delete_exam, export_exam, get_exam, list_exams, preview_exam_file, save_exam
+    from core.formatting import plural
 
     db = _database()
     if args.action == "list":
@@ -620,7 +621,7 @@ def cmd_exams(args) -> int:
             _print_json({"summary": preview.summary, "notes": preview.notes, "problems": [asdict(p) for p in preview.problems],
                          "saved": asdict(info) if info else None})
         elif info:
-            print(f"Saved exam {info.name!r}: {info.question_count} questions.")
+            print(f"Saved exam {info.name!r}: {plural(info.question_count, 'question')}.")
         if refused:
             print("Nothing saved: fix the rows above, or add --skip-bad-rows.", file=sys.stderr)
             return 2

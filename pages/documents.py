@@ -114,7 +114,7 @@ with library_tab:
                     st.rerun()
     if reembedding is not None:
         st.markdown(f"**Re-embed with** `{reembedding.params['embedding_model']}`")
-        job_view(db, reembedding.id, on_finish=lambda job: st.success(job.result.get("message", "Re-embedded.")))
+        job_view(db, reembedding.id, on_finish=lambda job: st.success((job.result or {}).get("message", "Re-embedded.")))
 
 with search_tab:
     with st.form("search"):

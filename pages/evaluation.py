@@ -11,6 +11,7 @@ from core.evaluation.exams import list_exams
 from core.evaluation.results import (
     compare_runs,
     earlier_run,
+    leakage_note,
     list_runs,
     load_results,
     question_details,
@@ -102,6 +103,8 @@ def results() -> None:
         return
     if not run.finished:
         st.caption("The run is not finished: the table shows the answers stored so far.")
+    if leakage_note(run):
+        st.warning(leakage_note(run))
     render_summary(loaded)
 
     st.subheader("Questions")

@@ -19,6 +19,7 @@ from core.evaluation.exams import (
     save_exam,
     save_question_edits,
 )
+from core.formatting import plural
 from core.models import PRESETS
 from core.ui.errors import user_errors
 from core.ui.jobs import job_view
@@ -63,7 +64,8 @@ def import_file() -> None:
     if st.button("Save exam", type="primary", key="exam_save", disabled=not preview.questions):
         with user_errors():
             info = save_exam(db, name, preview, skip_bad_rows=skip)
-            st.success(f"Saved exam {info.name!r}: {info.question_count} questions ({info.out_of_scope_count} out of scope).")
+            st.success(f"Saved exam {info.name!r}: {plural(info.question_count, 'question')} "
+                       f"({info.out_of_scope_count} out of scope).")
 
 
 def generate() -> None:

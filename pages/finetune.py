@@ -129,7 +129,7 @@ def adapters() -> None:
 
 def show_merged(job) -> None:
     where = f" on {job.host}" if job.host else ""
-    st.success(f"Merged model (safetensors) saved in {job.result.get('output')}{where}.")
+    st.success(f"Merged model (safetensors) saved in {(job.result or {}).get('output')}{where}.")
 
 
 # Only the open tab runs: the estimate reads the model's config and the data, the job view polls.

@@ -8,6 +8,7 @@ runs, and measured runs (inserted into eval_runs / eval_answers) named with thei
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -217,12 +218,12 @@ def insert_exam(db, collection: str | None, questions: int = 30, name: str | Non
 
 
 def insert_run(db, exam_id: int, questions: list[int], scores: dict[str, list[float]], latency: dict[str, float],
-               adapter: str | None = None, finished: bool = True, job_id: int | None = None) -> int:
+               adapter: str | None = None, finished: bool = True, settings: str = "{}") -> int:
     with db.engine.begin() as connection:
         run_id = connection.execute(
-            text("INSERT INTO eval_runs (exam_id, model, adapter, variants, settings, finished_at, job_id) "
-                 "VALUES (:e, 'tiny', :a, :v, '{}'::jsonb, CASE WHEN :f THEN now() END, :j) RETURNING id"),
-            {"e": exam_id, "a": adapter, "v": list(scores), "f": finished, "j": job_id},
+            text("INSERT INTO eval_runs (exam_id, model, adapter, variants, settings, finished_at) "
+                 "VALUES (:e, 'tiny', :a, :v, CAST(:s AS jsonb), CASE WHEN :f THEN now() END) RETURNING id"),
+            {"e": exam_id, "a": adapter, "v": list(scores), "f": finished, "s": settings},
         ).scalar_one()
         for variant, values in scores.items():
             for question_id, value in zip(questions, values, strict=True):
@@ -285,6 +286,17 @@ def test_measured_gain_of_both_over_rag_recommends_both(db, exam, adapter):
     lead = advice.reasons[0]
     assert "over RAG alone" in lead and "at 2.1 s per answer, after 42 s of training" in lead and len(numbers(lead)) >= 3
     assert advice.as_dict()["evidence"][0]["text"].startswith("token F1: Base model: 0.")
+
+
+def test_a_knowledge_update_run_is_not_weighed(db, exam):
+    exam_id, questions = exam
+    rng = np.random.default_rng(3)
+    first = insert_run(db, exam_id, questions, {"base": noisy(rng, 0.1, 30), "rag": noisy(rng, 0.5, 30)}, {"base": 1, "rag": 2})
+    insert_run(db, exam_id, questions[:3], {"base": [0.0] * 3, "rag": [1.0] * 3}, {"base": 9, "rag": 9},
+               settings='{"knowledge_update": {"document": "memo.txt"}, "reference_overrides": {"1": "new"}}')
+    advice = advise(db)
+    assert advice.exam is not None and all(e.source.endswith(f"eval run {first}") for e in advice.evidence)
+    assert "latency: Base + RAG" in {e.what for e in advice.evidence if e.value == 2}
 
 
 def test_no_detectable_difference_falls_back_on_the_answers(db, exam):
@@ -392,7 +404,7 @@ def test_blind_vote_is_recorded_then_the_labels_are_revealed(app, db, plant, ada
     assert vote.choice == order["B"] and vote.note == "B cites the memo" and vote.shown_order == list(order.values())
     assert set(vote.answers) == {"base", "rag", "ft", "rag+ft"} and vote.adapter == adapter
     success = at.success[0].value
-    assert success.startswith(f"Vote recorded: B (") and all(f"{label} was" in success for label in "ABCD")
+    assert success.startswith("Vote recorded: B (") and all(f"{label} was" in success for label in "ABCD")
     assert any(m.value.startswith("**Answer A: ") for m in at.markdown)
     assert sum("first token" in c.value for c in at.caption) == 4  # revealed with their timings
     assert any(i.value.startswith("The order is not yet decided") for i in at.info)
@@ -408,3 +420,40 @@ def test_advisor_page_answers_the_questions(app):
     assert not at.exception
     assert any(s.value == "Recommendation: Fine-tuning" for s in at.subheader)
     assert any("Next:" in i.value for i in at.info)
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_cli_compare_votes_and_advise(db, plant, tiny_llama, capsys):
+    from core.cli import main
+
+    assert main(["compare", QUESTION, "-c", plant, "--model", tiny_llama, "--max-new-tokens", "3", "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)
+    assert [a["variant"] for a in answers] == ["base", "rag"] and answers[1]["sources"][0]["filename"] == "memo.txt"
+    assert all(a["timings"]["new_tokens"] >= 1 and a["timings"]["total_seconds"] > 0 for a in answers)
+
+    assert main(["compare", QUESTION, "-c", plant, "--model", tiny_llama, "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "== base: Base model ==" in out and "== rag: Base + RAG ==" in out and "[1] memo.txt" in out
+    assert out.count("first token") == 2 and " tokens · " in out
+
+    assert main(["compare", QUESTION, "-c", plant, "--model", tiny_llama, "--variants", "base,ft"]) == 2
+    assert "needs a fine-tuned adapter" in capsys.readouterr().err
+
+    for choice in ("rag", "rag", "tie"):
+        vote(db, choice, ["base", "rag"], model="m-cli")
+    assert main(["votes", "ranking", "--model", "m-cli", "--json"]) == 0
+    ranking = json.loads(capsys.readouterr().out)
+    assert not ranking["decided"] and ranking["votes"] == 3 and ranking["variants"][0]["variant"] == "rag"
+    assert main(["votes", "ranking", "--model", "m-cli"]) == 0
+    assert "The order is not yet decided" in capsys.readouterr().out
+    assert main(["votes", "list", "--model", "m-cli"]) == 0
+    assert capsys.readouterr().out.count("q?") == 3
+
+    assert main(["advise", "--changes", "rarely", "--traceable", "no", "--house-style", "yes",
+                 "--training-examples", "100-1000", "--json"]) == 0
+    advice = json.loads(capsys.readouterr().out)
+    assert advice["recommendation"] == "fine-tune" and advice["answers"]["house_style"] is True
+    assert main(["advise"]) == 0
+    assert capsys.readouterr().out.startswith("Recommendation: ")

@@ -117,8 +117,9 @@ def test_the_source_is_found_by_its_passage_and_scored_by_rank_and_citation():
                           top_k=2, similarity=0.8)
     assert scored.scores["hit_at_k"] == 1.0 and scored.scores["mrr"] == 0.5 and scored.scores["cited_source"] == 1.0
     assert scored.source_ranks == [2] and scored.cited_chunks == [11]
-    # "it opens at 3.5 bar" vs "3.5 bar": 2 shared tokens (articles aside), precision 2/4, recall 2/2 → F1 2/3
-    assert scored.scores["token_f1"] == pytest.approx(2 / 3) and scored.scores["exact_match"] == 0.0
+    # "It opens at 3.5 bar [2]." → without the citation, normalised: "it opens at 35 bar" against "35 bar":
+    # 2 shared tokens, precision 2/5, recall 2/2 → F1 = 2 · 0.4 · 1 / 1.4 = 4/7
+    assert scored.scores["token_f1"] == pytest.approx(4 / 7) and scored.scores["exact_match"] == 0.0
     assert scored.diagnosis == CORRECT and scored.scores["similarity"] == 0.8 and scored.scores["abstained"] == 0.0
     assert score_answer(ITEM, "It opens at 3.5 bar [2].", rag=True, retrieved=[OTHER, SOURCE, FAR], cited_numbers=[2],
                         top_k=1).scores["hit_at_k"] == 0.0
@@ -151,7 +152,7 @@ def test_without_rag_and_without_a_source_retrieval_scores_are_not_applicable():
 def test_a_chunk_id_or_a_document_alone_names_the_source():
     by_chunk = ExamItem(3, "q", "r", chunk_id=11)
     assert score_answer(by_chunk, "x", rag=True, retrieved=[OTHER, SOURCE]).scores["mrr"] == 0.5
-    by_document = ExamItem(4, "q", "r", document_id=5)
+    by_document = ExamItem(4, "q", "r", document_id=7)  # memo.txt: its chunk came second
     assert score_answer(by_document, "x", rag=True, retrieved=[SOURCE, OTHER]).scores["mrr"] == 0.5
     # a passage of another document never counts, however similar its text
     elsewhere = ExamItem(5, "q", "r", document_id=99, source_passage=SOURCE.text)
@@ -305,11 +306,13 @@ def test_a_run_answers_every_question_with_every_variant_and_scores_it(db, first
     assert json.loads(json.dumps(to_json(results)))["summary"]["questions"] == 5
 
 
-def test_a_rerun_gives_identical_answers_and_scores(db, first_run, exam, tiny_llama):
-    from core.evaluation.run import submit_evaluation
-
-    run_id, job = submit_evaluation(db, exam=exam, variants="base,rag", model=tiny_llama, max_new_tokens=TOKENS, batch_size=3)
-    run_to_end(db, run_id, job)
+def test_a_rerun_from_the_command_line_gives_identical_answers_and_scores(db, first_run, exam, tiny_llama, capsys):
+    assert main(["eval", "--exam", exam, "--variants", "base,rag", "--model", tiny_llama, "--max-new-tokens", str(TOKENS),
+                 "--batch-size", "3", "--no-wait", "--json"]) == 0
+    queued = json.loads(capsys.readouterr().out)
+    run_id = queued["run_id"]
+    assert queued["job"]["kind"] == "evaluate" and queued["job"]["params"]["run_id"] == run_id
+    run_to_end(db, run_id, get_job(db, queued["job"]["id"]))
     first, second = answers_of(db, first_run), answers_of(db, run_id)
     assert first.keys() == second.keys()
     for key in first:
@@ -323,38 +326,41 @@ def test_a_rerun_gives_identical_answers_and_scores(db, first_run, exam, tiny_ll
     assert [r.id for r in list_runs(db, exam)][:2] == [run_id, first_run]
 
 
+ANSWERS = 60  # 30 questions, base and rag
+
+
 def test_cancel_then_resume_finishes_without_duplicates(db, plant, tiny_llama):
     from core.evaluation.run import submit_evaluation
 
     many = [(f"Question {n}: at what pressure does the relief valve of boiler B2 open?", "3.5 bar", "memo.txt",
-             "The relief valve of boiler B2 opens at 3.5 bar.") for n in range(60)]
+             "The relief valve of boiler B2 opens at 3.5 bar.") for n in range(ANSWERS // 2)]
     insert_exam(db, "long-exam", plant, many)
+    # One question per batch: the job checks for a cancel every 2 s, and must still be running then.
     run_id, job = submit_evaluation(db, exam="long-exam", variants="base,rag", model=tiny_llama, max_new_tokens=24,
                                     batch_size=1)
     worker = threading.Thread(target=run_worker, args=(db,), kwargs={"once": True}, daemon=True)
     worker.start()
-    wait_for(lambda: len(answers_of(db, run_id)) >= 2, timeout=120, message="the first answers")
+    wait_for(lambda: len(answers_of(db, run_id)) >= 1, timeout=120, every=0.1, message="the first answer")
     cancel_job(db, job.id)
     worker.join(timeout=60)
     assert get_job(db, job.id).status == "cancelled"
     stored = len(answers_of(db, run_id))
-    assert 2 <= stored < 120, "the cancel came too late to test a resume: make the exam longer"
+    assert 1 <= stored < ANSWERS, "the cancel came too late to test a resume: make the exam longer"
     assert not load_results(db, run_id).run.finished
 
     resume_job(db, job.id)
     run_to_end(db, run_id, job)
-    assert len(answers_of(db, run_id)) == 120  # UNIQUE (run, question, variant): none twice, none missing
+    assert len(answers_of(db, run_id)) == ANSWERS  # UNIQUE (run, question, variant): none twice, none missing
     log = "\n".join(job_log_tail(db, job.id, 400))
-    assert f"{stored} of 120 answers already stored, continuing." in log
+    assert f"{stored} of {ANSWERS} answers already stored, continuing." in log
     results = load_results(db, run_id)
-    assert results.run.finished and results.summary["answers"] == 120
+    assert results.run.finished and results.summary["answers"] == ANSWERS
 
 
 def test_refusals_come_before_any_work(db, exam, plant, tiny_llama, tiny_phi3, tmp_path):
     from core.evaluation.run import submit_evaluation
-    from test_job_kinds import make_adapter
 
-    make_adapter(db, tiny_phi3, "phi3-adapter", tmp_path / "phi3-adapter")
+    import_peft_adapter(db, tiny_phi3, "phi3-adapter", tmp_path / "phi3-adapter", ["qkv_proj"])
     create_collection(db, "empty-shelf")
     before = counts(db)
     cases = [
@@ -375,6 +381,18 @@ def test_refusals_come_before_any_work(db, exam, plant, tiny_llama, tiny_phi3, t
     with pytest.raises(UserError, match="need a collection"):
         submit_evaluation(db, exam="no-collection-exam", variants="rag", model=tiny_llama)
     assert counts(db) == before  # no run row, no job
+
+
+def import_peft_adapter(db, base: str, name: str, folder, target_modules: list[str]) -> None:
+    """A random LoRA adapter for `base`, made with PEFT and imported (no training)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from core.models.adapters import import_adapter
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=2, target_modules=target_modules))
+    model.save_pretrained(folder)
+    import_adapter(db, folder, name)
 
 
 @pytest.fixture(scope="module")
@@ -459,13 +477,7 @@ def test_knowledge_update_rag_reads_the_new_version_at_once(db, tiny_llama, adap
     assert linked == update.document_id
 
 
-def test_cli_queues_follows_and_shows_a_run(db, exam, tiny_llama, first_run, tmp_path, capsys):
-    assert main(["eval", "--exam", exam, "--variants", "base", "--model", tiny_llama, "--max-new-tokens", "4",
-                 "--no-wait", "--json"]) == 0
-    queued = json.loads(capsys.readouterr().out)
-    run_worker(db, once=True)
-    assert get_job(db, queued["job"]["id"]).status == "succeeded"
-
+def test_cli_shows_and_lists_runs(db, exam, tiny_llama, first_run, tmp_path, capsys):
     assert main(["eval", "show", str(first_run)]) == 0
     report = capsys.readouterr().out
     assert f"Run {first_run} · exam {exam}" in report and "token F1" in report and "Diagnoses:" in report
@@ -475,7 +487,8 @@ def test_cli_queues_follows_and_shows_a_run(db, exam, tiny_llama, first_run, tmp
     assert shown["run"]["id"] == first_run and len(shown["answers"]) == 10
     assert len(list(csv.DictReader((tmp_path / "run.csv").open()))) == 10
     assert main(["eval", "runs", "--exam", exam]) == 0
-    assert str(queued["run_id"]) in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert f"{first_run:>4}  finished" in listed and "rag 0." in listed
     assert main(["eval", "--exam", exam, "--variants", "ft", "--model", tiny_llama]) == 2
     assert "need a fine-tuned adapter" in capsys.readouterr().err
     assert main(["eval", "show"]) == 2

@@ -196,7 +196,7 @@ def test_a_job_whose_collection_is_deleted_before_it_runs_fails_with_the_reason_
 def test_a_restarted_app_follows_a_generation_to_its_complete_dataset(db, plant, clean_queue):
     """The bundled model writes real pairs. The app "restarts" while it runs: a new Database object
     finds the job in the list a page reads and sees its progress move on to the end."""
-    job = submit_generate_dataset(db, name="smol-job-qa", collection=plant, model_id=BUNDLED_MODEL, max_chunks=3,
+    job = submit_generate_dataset(db, name="smol-job-qa", collection=plant, model_id=BUNDLED_MODEL, max_chunks=2,
                                   max_new_tokens=80)
     worker = start_worker_thread(db)
     observer = restarted_app_view(db)
@@ -210,7 +210,7 @@ def test_a_restarted_app_follows_a_generation_to_its_complete_dataset(db, plant,
     assert job.progress["done"] == 100
     info = get_dataset(observer, "smol-job-qa")
     assert job.result["examples"] == job.result["pairs"] == info.example_count >= 1, job.result
-    assert job.result["chunks"] == 3 and info.kind == "chat"
+    assert job.result["chunks"] == 2 and info.kind == "chat"
     assert all(e.chunk_id and e.document_id for e in list_examples(observer, "smol-job-qa"))
     observer.engine.dispose()
 
@@ -389,3 +389,42 @@ def test_generating_on_the_training_data_page_shows_the_job_and_a_restart_finds_
     restarted.selectbox(key="td_collection").select(plant).run()
     examples = get_dataset(db, "page-text").example_count
     assert any(s.value.startswith(f"Dataset 'page-text' saved: {examples} examples") for s in restarted.success)
+
+
+def open_page(page: str, **state) -> AppTest:
+    st.cache_resource.clear()
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(page).run()
+    assert not at.exception
+    return at
+
+
+def test_reembedding_and_merging_from_their_pages_show_the_job_until_its_result(db, plant, tiny_llama, tmp_path, clean_queue,
+                                                                                  stop_workers):
+    documents = open_page("pages/documents.py", documents_tab="Library")
+    documents.selectbox(key="selected_collection").select(plant).run()
+    (model_input,) = [t for t in documents.text_input if t.label == "Re-embed with another model"]
+    model_input.set_value(MINILM_FOLDER).run()
+    documents.button(key="reembed_collection").click().run()
+    assert not documents.exception and not documents.error
+    reembed = list_jobs(db, 1, kind="reembed")[0]
+    assert reembed.params == {"collection": plant, "embedding_model": MINILM_FOLDER} and documents.get("progress")
+
+    make_adapter(db, tiny_llama, "page-merge", tmp_path / "adapter")
+    adapters = open_page("pages/finetune.py", ft_open_tab="Adapters")
+    adapters.button(key="merge_page-merge").click().run()
+    assert not adapters.exception and not adapters.error
+    merge = list_jobs(db, 1, kind="merge")[0]
+    assert merge.params["adapter"] == "page-merge" and adapters.get("progress")
+
+    wait_for(lambda: get_job(db, reembed.id).finished and get_job(db, merge.id).finished, timeout=300,
+             message="both jobs to finish")
+    assert get_job(db, reembed.id).status == "succeeded", failure(db, reembed.id)
+    assert get_job(db, merge.id).status == "succeeded", failure(db, merge.id)
+    documents = open_page("pages/documents.py", documents_tab="Library", selected_collection=plant)  # a restarted app
+    assert any(s.value.startswith(f"Re-embedded '{plant}' with {MINILM_FOLDER}") for s in documents.success)
+    adapters = open_page("pages/finetune.py", ft_open_tab="Adapters")
+    assert any("Merged model (safetensors) saved in" in s.value and "page-merge" in s.value for s in adapters.success)

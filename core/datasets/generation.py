@@ -275,8 +275,6 @@ def training_chunks(db: Database, origin: CollectionInfo, exclude_document_ids: 
     `exclude_document_ids` is used; by default those are the documents the collection's exams ask
     about, so no exam question is answered by text a model was trained on."""
     if exclude_document_ids is None:
-        from core.evaluation.exams import exam_document_ids  # evaluation builds on datasets: imported when used
-
         exclude_document_ids = exam_document_ids(db, origin.id)
     excluded = set(exclude_document_ids)
     chunks = collection_chunks(db, origin.id)
@@ -290,6 +288,15 @@ def training_chunks(db: Database, origin: CollectionInfo, exclude_document_ids: 
         logger.info("Left out %d chunks of %d exam documents of collection %r.", len(chunks) - len(kept),
                     len({c.document_id for c in chunks} & excluded), origin.name)
     return kept, len(chunks) - len(kept)
+
+
+def exam_document_ids(db: Database, collection_id: int) -> set[int]:
+    """The documents that any exam of the collection asks about (core.evaluation.exams): training
+    data leaves them out. Read here, from the exam tables, because evaluation builds on datasets."""
+    with db.engine.connect() as connection:
+        return set(connection.execute(
+            sql("SELECT DISTINCT q.document_id FROM exam_questions q JOIN exams e ON e.id = q.exam_id "
+                "WHERE e.collection_id = :c AND q.document_id IS NOT NULL"), {"c": collection_id}).scalars())
 
 
 def _left_out(excluded: int) -> str:

@@ -11,7 +11,7 @@ token F1 with another's over the same questions, and calls a variant better only
 95% interval of the paired difference is above 0 (core.evaluation.stats.verdict). Latency (mean
 seconds per answer) and training cost (the adapter's training seconds) decide between variants the
 scores cannot tell apart. Every measured recommendation names at least two numbers that drove it.
-Without runs it says which run to make first.
+Without runs it says which run to make first. Runs are read through core.evaluation.results.
 """
 
 from __future__ import annotations
@@ -207,54 +207,47 @@ class Measurements:
         return paired_difference([self.scores[a][q] for q in common], [self.scores[b][q] for q in common])
 
 
-def _latest_exam(db: Database, exam: str | None) -> tuple[int, str] | None:
-    conditions = ["EXISTS (SELECT 1 FROM eval_answers a WHERE a.run_id = r.id)"]
-    if exam:
-        conditions.append("e.name = :exam")
-    query = (f"SELECT e.id, e.name FROM exams e JOIN eval_runs r ON r.exam_id = e.id WHERE {' AND '.join(conditions)} "
-             "ORDER BY r.created_at DESC, r.id DESC LIMIT 1")
-    with db.engine.connect() as connection:
-        row = connection.execute(text(query), {"exam": exam}).first()
-    return (row.id, row.name) if row else None
+def _changed_references(settings: dict) -> bool:
+    """A knowledge-update run scores against edited references: not comparable with the others."""
+    return bool(settings.get("reference_overrides") or settings.get("knowledge_update"))
 
 
 def load_measurements(db: Database, *, exam: str | None = None) -> Measurements | None:
-    """What the evaluation runs measured on `exam` (default: the exam scored most recently), or None."""
-    found = _latest_exam(db, exam)
-    if found is None:
+    """What the evaluation runs measured on `exam` (default: the exam scored most recently), or None.
+
+    Runs of the same exam and base model are merged, the newest answer per question and variant
+    counting, so base and RAG scored in one run pair with FT and RAG+FT scored in a later one. The
+    fine-tuned variants come from one adapter: the newest run's that scored them.
+    """
+    from core.evaluation.results import list_runs, load_answers
+
+    runs = [run for run in list_runs(db, exam) if run.answers and not _changed_references(run.settings or {})]
+    if not runs:
         return None
-    exam_id, exam_name = found
-    with db.engine.connect() as connection:
-        model = connection.execute(
-            text("SELECT model FROM eval_runs WHERE exam_id = :e ORDER BY created_at DESC, id DESC LIMIT 1"), {"e": exam_id}
-        ).scalar_one()
-        # The newest answer per question and variant, from the runs of this exam with the same base model.
-        rows = connection.execute(
-            text(
-                """
-                SELECT DISTINCT ON (a.question_id, a.variant)
-                       a.question_id, a.variant, (a.scores ->> :score)::float AS score, a.latency_seconds,
-                       r.id AS run_id, r.adapter
-                FROM eval_answers a JOIN eval_runs r ON r.id = a.run_id
-                WHERE r.exam_id = :e AND r.model = :m
-                ORDER BY a.question_id, a.variant, r.created_at DESC, r.id DESC
-                """
-            ),
-            {"e": exam_id, "m": model, "score": SCORE},
-        ).all()
+    newest = runs[0]  # newest first
     scores: dict[str, dict[int, float]] = {}
     latencies: dict[str, list[float]] = {}
-    runs: set[int] = set()
-    adapters = [row for row in rows if row.variant in ("ft", "rag+ft") and row.adapter]
-    for row in rows:
-        runs.add(row.run_id)
-        if row.score is not None:
-            scores.setdefault(row.variant, {})[row.question_id] = row.score
-        if row.latency_seconds is not None:
-            latencies.setdefault(row.variant, []).append(row.latency_seconds)
-    adapter = max(adapters, key=lambda row: row.run_id).adapter if adapters else None
+    used: list[int] = []
+    adapter: str | None = None
+    seen: set[tuple[int, str]] = set()
+    for run in (r for r in runs if r.exam_id == newest.exam_id and r.model == newest.model):
+        if adapter is None and {"ft", "rag+ft"} & set(run.variants):
+            adapter = run.adapter
+        contributed = False
+        for answer in load_answers(db, run):
+            key = (answer.question_id, answer.variant)
+            if key in seen or (answer.variant in ("ft", "rag+ft") and run.adapter != adapter):
+                continue
+            seen.add(key)
+            contributed = True
+            if (score := answer.value(SCORE)) is not None:
+                scores.setdefault(answer.variant, {})[answer.question_id] = float(score)
+            if answer.latency_seconds is not None:
+                latencies.setdefault(answer.variant, []).append(float(answer.latency_seconds))
+        if contributed:
+            used.append(run.id)
     return Measurements(
-        exam=exam_name, exam_id=exam_id, runs=sorted(runs), model=model, adapter=adapter, scores=scores,
+        exam=newest.exam, exam_id=newest.exam_id, runs=sorted(used), model=newest.model, adapter=adapter, scores=scores,
         latency={variant: sum(values) / len(values) for variant, values in latencies.items()},
         train_seconds=_train_seconds(db, adapter),
     )
@@ -276,7 +269,7 @@ def _name(variant: str) -> str:
     return {"base": "the base model", "rag": "RAG alone", "ft": "the fine-tuned model"}.get(variant, LABELS[variant])
 
 
-def _measured_advice(m: Measurements, prior: Recommendation | None) -> tuple[Recommendation, list[str], list[Evidence], str]:
+def _measured_advice(db: Database, m: Measurements, prior: Recommendation | None) -> tuple[Recommendation, list[str], list[Evidence], str]:
     evidence: list[Evidence] = []
     for variant in ("base", "rag", "ft", "rag+ft"):
         if m.has(variant):
@@ -346,18 +339,18 @@ def _measured_advice(m: Measurements, prior: Recommendation | None) -> tuple[Rec
         reasons.append(f"Your answers to the questions pointed to {RECOMMENDATION_LABELS[prior]}; the measured "
                        "differences above weigh more.")
     if prior in ("fine-tune", "rag+fine-tune") and recommendation == "rag":
-        reasons.append(f"{SCORE_LABEL.capitalize()} measures the facts, not the house style: compare the answers side "
+        reasons.append(f"{SCORE_LABEL[0].upper()}{SCORE_LABEL[1:]} measures the facts, not the house style: compare the answers side "
                        "by side on the Compare page to judge the style.")
-    return recommendation, reasons, evidence, _next_measured_step(m, recommendation)
+    return recommendation, reasons, evidence, _next_measured_step(m, _newest_adapter(db, m.model))
 
 
-def _next_measured_step(m: Measurements, recommendation: Recommendation) -> str:
+def _next_measured_step(m: Measurements, newest_adapter: str | None) -> str:
     missing = [v for v in ("base", "rag") if not m.has(v)]
     if missing:
         return (f"Score {' and '.join(missing)} on the same exam: "
                 f"python -m core eval --exam {m.exam} --variants {','.join(missing)}")
     if not m.has("ft") or not m.has("rag+ft"):
-        adapter = m.adapter or "ADAPTER"
+        adapter = m.adapter or newest_adapter or "ADAPTER"
         return ("Fine-tune an adapter on training data generated from the documents outside the exam, then score it: "
                 f"python -m core eval --exam {m.exam} --variants ft,rag+ft --adapter {adapter}")
     smallest = min(len(s) for s in m.scores.values())
@@ -365,6 +358,15 @@ def _next_measured_step(m: Measurements, recommendation: Recommendation) -> str:
         return (f"The exam has {smallest} scored questions: add questions (at least {MIN_QUESTIONS}) and score again "
                 "for narrower intervals.")
     return "Check the verdict on your own questions: blind votes on the Compare page rank the variants too."
+
+
+def _newest_adapter(db: Database, model: str) -> str | None:
+    """The newest adapter trained on `model` (named in the next step), if there is one."""
+    with db.engine.connect() as connection:
+        return connection.execute(
+            text("SELECT name FROM artifacts WHERE kind = 'adapter' AND base_model = :m ORDER BY created_at DESC, id DESC LIMIT 1"),
+            {"m": model},
+        ).scalar()
 
 
 def _first_run_step(db: Database) -> str:
@@ -389,7 +391,7 @@ def advise(db: Database, answers: AdvisorAnswers | None = None, *, exam: str | N
             return Advice("run an evaluation first", ["No evaluation has been run yet, and the questions are not "
                           "answered: answer them for advice now, or measure first."], [], next_step)
         return Advice(prior, prior_reasons, [], next_step, answers=answers)
-    recommendation, reasons, evidence, next_step = _measured_advice(measurements, prior)
+    recommendation, reasons, evidence, next_step = _measured_advice(db, measurements, prior)
     if prior is not None:
         reasons += [f"From the questions: {reason}" for reason in prior_reasons]
     return Advice(recommendation, reasons, evidence, next_step, measured=True, exam=measurements.exam, answers=answers)

@@ -6,6 +6,7 @@ See docs/evaluation.md ("Exams").
     preview = preview_exam(db, "exam.jsonl", data, collection="manuals")  # writes nothing
     save_exam(db, "manuals-exam", preview)                                # one transaction
     check_no_leakage(db, "manuals-exam", "my-adapter")                    # before scoring an adapter
+    exam_document_ids(db, collection_id)                                  # what training data leaves out
 
 Leakage is ruled out by construction: the documents an exam asks about are left out of training
 data generated from the same collection (`exam_document_ids`), and `check_no_leakage` refuses an
@@ -36,6 +37,7 @@ from core.datasets.generation import (
     DEFAULT_QA_NEW_TOKENS,
     TOO_LONG,
     collection_chunks,
+    exam_document_ids,  # noqa: F401 (part of this module's interface: what training data leaves out)
     fit_qa_prompt,
     judge_reply,
     sample_evenly,
@@ -43,7 +45,7 @@ from core.datasets.generation import (
 from core.db import Database
 from core.documents.library import CollectionInfo, get_collection
 from core.errors import UserError
-from core.formatting import plural
+from core.formatting import human_size, plural
 
 MAX_EXAM_BYTES = 20 * 2**20
 OUT_OF_SCOPE_ANSWER = "The documents do not say."
@@ -228,7 +230,7 @@ def preview_exam(db: Database, filename: str, data: bytes, *, collection: str) -
     as a whole is unusable (too large, empty, not text, no 'question' column)."""
     origin = get_collection(db, collection)
     if len(data) > MAX_EXAM_BYTES:
-        raise ExamError(f"{filename} is {len(data) / 2**20:.1f} MB; exam files are at most {MAX_EXAM_BYTES // 2**20} MB. "
+        raise ExamError(f"{filename} is {human_size(len(data))}; exam files are at most {human_size(MAX_EXAM_BYTES)}. "
                         "Split it into several exams.")
     try:
         file_type, encoding, columns, records = read_records(filename, data)
@@ -612,7 +614,9 @@ def _apply_edits(connection: Connection, exam_id: int, edits: list[dict]) -> tup
         if "out_of_scope" in edit and edit["out_of_scope"] is not None:
             final[question_id]["out_of_scope"] = bool(edit["out_of_scope"])
     seen: dict[str, int] = {}
-    for question_id, values in final.items():
+    edited = {int(edit["id"]) for edit in edits}
+    for question_id in sorted(final, key=lambda i: (i in edited, rows[i].ordinal)):  # an edit is the one that repeats
+        values = final[question_id]
         key = _normal_question(values["question"])
         if question_id in deleted or not key:
             continue
@@ -639,14 +643,6 @@ def _apply_edits(connection: Connection, exam_id: int, edits: list[dict]) -> tup
 
 
 # --- leakage ----------------------------------------------------------------------------------
-
-
-def exam_document_ids(db: Database, collection_id: int) -> set[int]:
-    """The documents that any exam of the collection asks about: training data leaves them out."""
-    with db.engine.connect() as connection:
-        return set(connection.execute(
-            sql("SELECT DISTINCT q.document_id FROM exam_questions q JOIN exams e ON e.id = q.exam_id "
-                "WHERE e.collection_id = :c AND q.document_id IS NOT NULL"), {"c": collection_id}).scalars())
 
 
 @dataclass(frozen=True)
@@ -701,10 +697,12 @@ def check_no_leakage(db: Database, exam_name: str, adapter_name: str) -> Leakage
     reasons = []
     if shared:
         names = ", ".join(repr(r.filename) for r in shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
-        reasons.append(f"{plural(sum(r.n for r in shared), 'training example')} come from "
+        count = sum(r.n for r in shared)
+        reasons.append(f"{plural(count, 'training example')} {'comes' if count == 1 else 'come'} from "
                        f"{plural(len(shared), 'document')} the exam asks about ({names})")
     if asked.n:
-        reasons.append(f"{plural(asked.n, 'training example')} ask an exam question (e.g. {asked.example!r})")
+        reasons.append(f"{plural(asked.n, 'training example')} {'asks' if asked.n == 1 else 'ask'} an exam question "
+                       f"(e.g. {asked.example!r})")
     if reasons:
         raise ExamError(
             f"Adapter {adapter_name!r} cannot be evaluated on exam {exam.name!r}: its training set {dataset_name!r} "

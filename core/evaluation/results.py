@@ -404,6 +404,9 @@ def text_report(results: RunResults) -> str:
              + (f" · collection {run.collection}" if run.collection else "") + f" · {status}",
              f"{summary.get('questions', 0)} questions, {summary.get('answers', 0)} answers; means with "
              f"{summary.get('confidence', CONFIDENCE):.0%} bootstrap intervals.", ""]
+    note = leakage_note(run)
+    if note:
+        lines[-1:] = [note, ""]
     width = 20
     lines.append(f"{'':<18}" + "".join(f"{v:<{width}}" for v in variants))
     for metric in REPORT_METRICS:
@@ -428,6 +431,12 @@ def text_report(results: RunResults) -> str:
                         if "new_fact_in_passages" in entry else "")
             lines.append(f"  {variant:<8} new {entry['f1_new_reference']:.2f}, old {entry['f1_old_reference']:.2f}{passages}")
     return "\n".join(lines)
+
+
+def leakage_note(run: RunInfo) -> str | None:
+    """Why the adapter's training data could not be checked against the exam, when it could not."""
+    leakage = run.settings.get("leakage") or {}
+    return f"Leakage not verified: {leakage.get('note')}" if leakage and not leakage.get("verified") else None
 
 
 def runs_table(runs: list[RunInfo]) -> list[dict]:

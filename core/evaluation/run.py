@@ -30,7 +30,7 @@ from core.db import Database
 from core.documents.library import get_collection, list_collections
 from core.evaluation.exams import ExamInfo, check_no_leakage, get_exam
 from core.evaluation.results import EvaluationError, get_run, load_answers, summarize
-from core.evaluation.scoring import ExamItem, Passage, score_answer
+from core.evaluation.scoring import ExamItem, Passage, score_answer, without_citations
 from core.evaluation.variants import USES_ADAPTER, USES_RAG, VARIANTS
 from core.jobs.process import JobContext, main_for
 from core.jobs.queue import Job, create_job
@@ -387,7 +387,7 @@ class _Answerer:
         if missing:
             for item, vector in zip(missing, self.embedder.embed([item.reference for item in missing]), strict=True):
                 self.reference_vectors[item.question_id] = vector
-        vectors = self.embedder.embed(answers)
+        vectors = self.embedder.embed([without_citations(answer) for answer in answers])
         return [round(float(vector @ self.reference_vectors[item.question_id]), 6)
                 for item, vector in zip(items, vectors, strict=True)]
 

@@ -133,6 +133,12 @@ def is_source(item: ExamItem, passage: Passage) -> bool:
     return bool(same_document)
 
 
+def without_citations(answer: str) -> str:
+    """The answer without its [n] markers: they say where a fact comes from, they are not words of the
+    answer, so they must not lower a RAG answer's word-overlap scores against a reference that has none."""
+    return " ".join(_CITATION.sub(" ", answer).split())
+
+
 def is_correct(exact: float, f1: float) -> bool:
     """An in-scope answer is correct on an exact match or a token F1 of at least CORRECT_F1."""
     return exact == 1.0 or f1 >= CORRECT_F1
@@ -142,7 +148,7 @@ def answer_supported(answer: str, cited_texts: list[str]) -> bool:
     """Cites at least one passage, and SUPPORT_OVERLAP of its tokens occur in the cited passages."""
     if not cited_texts:
         return False
-    words = normalize_answer(_CITATION.sub(" ", answer)).split()
+    words = normalize_answer(without_citations(answer)).split()
     if not words:
         return False
     cited = set(normalize_answer(" ".join(cited_texts)).split())
@@ -181,15 +187,17 @@ def score_answer(item: ExamItem, answer: str, *, rag: bool, retrieved: list[Pass
                  cited_numbers: list[int] | None = None, top_k: int = 5, similarity: float | None = None,
                  stopped_by: str | None = None) -> ScoredAnswer:
     """Scores and diagnosis of one answer. `retrieved`: everything retrieval returned, best first;
-    `cited_numbers`: the [n] the answer cites; `similarity`: cosine similarity of the answer's and
-    the reference's embeddings (computed by the caller, batched)."""
+    `cited_numbers`: the [n] the answer cites; `similarity`: cosine similarity of the embeddings of
+    the answer (without citations) and the reference (computed by the caller, batched). Word-overlap
+    scores also leave the citation markers out."""
     retrieved = retrieved or []
     abstained = is_abstention(answer)
     if item.out_of_scope:  # SQuAD 2.0: abstaining is the right answer
         exact = f1 = rouge = float(abstained)
         similarity = float(abstained)
     else:
-        exact, f1, rouge = exact_match(answer, item.reference), token_f1(answer, item.reference), rouge_l(answer, item.reference)
+        content = without_citations(answer)
+        exact, f1, rouge = exact_match(content, item.reference), token_f1(content, item.reference), rouge_l(content, item.reference)
     scores: dict[str, float | None] = {
         "exact_match": exact, "token_f1": f1, "rouge_l": rouge, "similarity": similarity,
         "hit_at_k": None, "mrr": None, "cited_source": None,
