@@ -52,12 +52,19 @@ def fill_and_commit(page, box, value: str, key: str = "Enter") -> None:
     expect(box).to_have_value(value)
 
 
-def choose_by_typing(page, label: str, option: str) -> None:
-    """Pick an option a long selectbox does not draw until its list is filtered (the list is virtualised)."""
+def choose_in_expander(page, label: str, option: str) -> None:
+    """choose_option for a selectbox in a just-opened expander: a click while it still unfolds can open the
+    list and lose it again, so open the list until the option shows (three tries)."""
     box = selectbox(page, label)
-    box.click()
-    box.fill(option[:8])
-    click_and_wait(page, page.get_by_role("option", name=option, exact=True))
+    wanted = page.get_by_role("option", name=option, exact=True)
+    for _ in range(3):
+        box.click()
+        try:
+            wanted.wait_for(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - the list closed again: try once more
+            page.keyboard.press("Escape")
+    click_and_wait(page, wanted)
     expect(box).to_have_value(option)
 
 
@@ -84,12 +91,12 @@ def test_four_answers_side_by_side_then_a_blind_vote(page, app_url, app_db, tmp_
 
     open_page(page, app_url, "Compare")
     expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
-    page.get_by_text("Model and generation settings").click()
-    choose_by_typing(page, "Model", OTHER_MODEL)
-    fill_and_commit(page, page.get_by_label("Model id or folder", exact=True), str(model))
-    set_number(page, "Max new tokens", 6)
     choose_option(page, "Collection", collection)
     choose_option(page, "Adapter", adapter)
+    page.get_by_text("Model and generation settings").click()
+    choose_in_expander(page, "Model", OTHER_MODEL)
+    fill_and_commit(page, page.get_by_label("Model id or folder", exact=True), str(model))
+    set_number(page, "Max new tokens", 6)
     fill_and_commit(page, page.get_by_label("Question", exact=True), QUESTION, key="Control+Enter")
 
     # Side by side: four answers, each with its timings; the two RAG answers with the memo as their source.
