@@ -15,7 +15,7 @@ w ~ U(0, 0.6), Gaussian noise of `--noise` per dimension), normalised. The vecto
 lie in clusters around real sentence embeddings, as real chunk embeddings do (uniform random
 vectors give an unrealistically hard HNSW problem), and each chunk's text is the anchor
 sentence followed by the partner sentence, so keyword search ranks real English. Chunks are
-loaded as `--docs` documents (rows through SQLAlchemy) with binary COPY (`core.documents.search.copy_chunks`).
+loaded as `--docs` documents (one INSERT each) with binary COPY (`core.documents.search.copy_chunks`).
 The queries are real SciFact claims (the test split, embedded at query time).
 
 By default the HNSW index is dropped before the load and rebuilt after it (with
@@ -38,11 +38,9 @@ from pathlib import Path
 import numpy as np
 from _common import DEFAULT_SCIFACT, data_dir, machine, percentile, scifact_corpus, scifact_queries, scifact_test_qrels, table
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from core.config import Settings
 from core.db import open_database
-from core.db.tables import Document
 from core.documents.chunking import ChunkDraft
 from core.documents.embeddings import load_embedder
 from core.documents.library import create_collection, ensure_vector_index
@@ -72,14 +70,14 @@ def synthetic_chunks(base: np.ndarray, sentences: list[str], count: int, noise: 
 
 
 def load(db, collection_id: int, vectors: np.ndarray, texts: list[str], docs: int, keep_index: bool) -> dict[str, float]:
-    """Documents through SQLAlchemy, chunks by binary COPY; seconds per step."""
+    """Documents by INSERT, chunks by binary COPY; seconds per step."""
     seconds = {}
     per_doc = -(-len(vectors) // docs)
     if not keep_index:
         with db.engine.begin() as connection:
             connection.execute(text(f"DROP INDEX {INDEX}"))
     start = time.perf_counter()
-    with Session(db.engine) as session, session.begin():
+    with db.engine.begin() as connection:
         for number in range(docs):
             rows = range(number * per_doc, min((number + 1) * per_doc, len(vectors)))
             if not rows:
@@ -90,14 +88,15 @@ def load(db, collection_id: int, vectors: np.ndarray, texts: list[str], docs: in
                            token_count=len(texts[i].split()))
                 for o, i in enumerate(rows)
             ]
-            document = Document(
-                collection_id=collection_id, filename=name, file_type="markdown", sha256=hashlib.sha256(name.encode()).hexdigest(),
-                size_bytes=sum(len(texts[i]) for i in rows), pages=None, chunk_count=len(rows),
-                token_count=sum(d.token_count for d in drafts),
-            )
-            session.add(document)
-            session.flush()
-            copy_chunks(session.connection(), document.id, collection_id, drafts, vectors[rows.start : rows.stop])
+            document_id = connection.execute(
+                text(
+                    "INSERT INTO documents (collection_id, filename, file_type, sha256, size_bytes, pages, chunk_count, token_count) "
+                    "VALUES (:c, :f, 'markdown', :sha256, :size, NULL, :chunks, :tokens) RETURNING id"
+                ),
+                {"c": collection_id, "f": name, "sha256": hashlib.sha256(name.encode()).hexdigest(),
+                 "size": sum(len(texts[i]) for i in rows), "chunks": len(rows), "tokens": sum(d.token_count for d in drafts)},
+            ).scalar_one()
+            copy_chunks(connection, document_id, collection_id, drafts, vectors[rows.start : rows.stop])
     seconds["COPY (documents + chunks)"] = time.perf_counter() - start
     if not keep_index:
         start = time.perf_counter()

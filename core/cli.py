@@ -428,7 +428,8 @@ def cmd_datasets(args) -> int:
 
         return _queued(args, submit_generate_dataset(
             db, name=args.name, collection=args.collection, kind=args.kind, model_id=args.model, max_chunks=args.max_chunks,
-            validation_fraction=args.validation_fraction, seed=args.seed,
+            validation_fraction=args.validation_fraction, seed=args.seed, from_dataset=args.from_dataset,
+            distractors=args.distractors, oracle_fraction=args.oracle_fraction,
         ))
     elif args.action == "show":
         examples = list_examples(db, args.name, limit=args.limit)
@@ -729,7 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("file", nargs="?", help="import: JSONL, JSON or CSV file")
     datasets.add_argument("--name")
     datasets.add_argument("--collection", help="generate: the collection to write pairs from")
-    datasets.add_argument("--kind", choices=("qa", "text"), default="qa", help="generate: Q/A pairs or plain text")
+    datasets.add_argument("--kind", choices=("qa", "text", "raft"), default="qa",
+                          help="generate: Q/A pairs, plain text, or RAFT (a Q/A dataset's questions with their source among distractors)")
+    datasets.add_argument("--from", dest="from_dataset", help="generate --kind raft: the Q/A dataset whose questions it asks")
+    datasets.add_argument("--distractors", type=int, default=3, help="generate --kind raft: distractor passages per question")
+    datasets.add_argument("--oracle-fraction", type=float, default=0.8,
+                          help="generate --kind raft: share of examples that hold their source passage (default 0.8)")
     datasets.add_argument("--model", help="tokenizer for length checks / model that writes pairs")
     datasets.add_argument("--max-tokens", type=int, default=1024, help="import: longest example, chat template included")
     datasets.add_argument("--max-chunks", type=int, default=50)

@@ -60,9 +60,9 @@ if st.button("Compare", key="compare_run", type="primary", disabled=len(variants
         generation_settings(settings, int(max_new_tokens)), answers,
         order=blind_order(variants, secrets.randbits(32)) if blind else None,
     )
-    st.session_state[SHOWN] = shown  # reruns (the vote) show these answers again, in the same order
     with user_errors(stop=True):
         render_comparison(shown, stream=True)
+    st.session_state[SHOWN] = shown  # reruns (the vote) show these answers again, in the same order
 elif shown := st.session_state.get(SHOWN):
     render_comparison(shown)
 

@@ -59,21 +59,43 @@ def import_file() -> None:
             st.success(f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation examples.")
 
 
+KINDS = {"question/answer pairs": "qa", "plain text (continued pre-training)": "text",
+         "RAFT (question + source among distractors)": "raft"}
+
+
+def _default_name() -> None:
+    """Another collection or kind: the name field shows its default for them again."""
+    st.session_state.pop("td_generate_name", None)
+
+
 def generate() -> None:
     collections = [c.name for c in list_collections(db) if c.document_count]
     if not collections:
         st.info("Upload documents on the Documents page first: pairs are written from their passages.")
         return
-    collection = st.selectbox("Collection", collections, key="td_collection")
-    kind = st.radio("Make", ["question/answer pairs", "plain text (continued pre-training)"], horizontal=True, key="td_kind",
-                    help="Pairs are written by the language model from each passage; plain text uses the passages as they are.")
-    max_chunks = st.number_input("Passages to use (spread over the collection)", 1, 100_000, 20, key="td_chunks")
-    name = st.text_input("Dataset name", value=f"{collection}-{'qa' if kind.startswith('question') else 'text'}",
-                         key="td_generate_name")
+    collection = st.selectbox("Collection", collections, key="td_collection", on_change=_default_name)
+    kind = st.radio("Make", list(KINDS), horizontal=True, key="td_kind", on_change=_default_name,
+                    help="Pairs are written by the language model from each passage; plain text uses the passages as they are; "
+                         "RAFT asks a Q/A dataset's questions again with their source passage among distractors, in the "
+                         "prompt RAG uses, to train the adapter for fine-tuned + RAG.")
+    options: dict = {}
+    if KINDS[kind] == "raft":
+        pairs = [d.name for d in list_datasets(db) if d.kind == "chat" and d.collection == collection]
+        if not pairs:
+            st.info("Generate question/answer pairs from this collection first: RAFT asks their questions again.")
+            return
+        options["from_dataset"] = st.selectbox("Question/answer dataset", pairs, key="td_raft_from")
+        left, right = st.columns(2)
+        options["distractors"] = int(left.number_input("Distractor passages per question", 0, 20, 3, key="td_raft_distractors"))
+        options["oracle_fraction"] = right.slider("Share with the source passage", 0.0, 1.0, 0.8, 0.05, key="td_raft_oracle",
+                                                  help="The others hold distractors only, as in RAFT.")
+    else:
+        options["max_chunks"] = int(st.number_input("Passages to use (spread over the collection)", 1, 100_000, 20,
+                                                    key="td_chunks"))
+    name = st.text_input("Dataset name", value=f"{collection}-{KINDS[kind]}", key="td_generate_name")
     if st.button("Generate", type="primary", key="td_generate"):
         with user_errors():  # a job of its own: a page refresh or an app restart finds it below again
-            job = submit_generate_dataset(db, name=name, collection=collection,
-                                          kind="qa" if kind.startswith("question") else "text", max_chunks=int(max_chunks))
+            job = submit_generate_dataset(db, name=name, collection=collection, kind=KINDS[kind], **options)
             start_tracking(db, job, "td_generate_jobs")
     job = tracked_jobs(db, kind="generate-dataset", target_key="collection", state_key="td_generate_jobs").get(collection)
     if job is not None:

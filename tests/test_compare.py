@@ -457,3 +457,13 @@ def test_cli_compare_votes_and_advise(db, plant, tiny_llama, capsys):
     assert advice["recommendation"] == "fine-tune" and advice["answers"]["house_style"] is True
     assert main(["advise"]) == 0
     assert capsys.readouterr().out.startswith("Recommendation: ")
+
+
+def test_home_page_shows_the_guided_path(app, plant):
+    at = app.switch_page("pages/home.py").run()
+    assert not at.exception
+    at.selectbox(key="home_path_collection").set_value(plant).run()
+    assert not at.exception
+    steps = [m.value for m in at.markdown if "**1." in m.value or "**6." in m.value]
+    assert any("1. Pick a collection with documents** · done" in s for s in steps)
+    assert any("6. See the advisor's verdict** · to do" in s for s in steps)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import threading
+import time
 
 import pytest
 import samples
@@ -326,7 +327,7 @@ def test_a_rerun_from_the_command_line_gives_identical_answers_and_scores(db, fi
     assert [r.id for r in list_runs(db, exam)][:2] == [run_id, first_run]
 
 
-ANSWERS = 60  # 30 questions, base and rag
+ANSWERS = 16  # 8 questions, base and rag
 
 
 def test_cancel_then_resume_finishes_without_duplicates(db, plant, tiny_llama):
@@ -335,13 +336,18 @@ def test_cancel_then_resume_finishes_without_duplicates(db, plant, tiny_llama):
     many = [(f"Question {n}: at what pressure does the relief valve of boiler B2 open?", "3.5 bar", "memo.txt",
              "The relief valve of boiler B2 opens at 3.5 bar.") for n in range(ANSWERS // 2)]
     insert_exam(db, "long-exam", plant, many)
-    # One question per batch: the job checks for a cancel every 2 s, and must still be running then.
-    run_id, job = submit_evaluation(db, exam="long-exam", variants="base,rag", model=tiny_llama, max_new_tokens=24,
+    run_id, job = submit_evaluation(db, exam="long-exam", variants="base,rag", model=tiny_llama, max_new_tokens=TOKENS,
                                     batch_size=1)
     worker = threading.Thread(target=run_worker, args=(db,), kwargs={"once": True}, daemon=True)
     worker.start()
-    wait_for(lambda: len(answers_of(db, run_id)) >= 1, timeout=120, every=0.1, message="the first answer")
-    cancel_job(db, job.id)
+    wait_for(lambda: len(answers_of(db, run_id)) >= 1, timeout=120, every=0.05, message="the first answer")
+    # Hold the job's next insert back until its next cancel check (every 2 s) is due: on any machine,
+    # however fast, the cancel then lands in the middle of the run.
+    with db.engine.connect() as blocker:
+        blocker.execute(text("LOCK TABLE eval_answers IN SHARE MODE"))
+        cancel_job(db, job.id)
+        time.sleep(2.5)
+        blocker.rollback()
     worker.join(timeout=60)
     assert get_job(db, job.id).status == "cancelled"
     stored = len(answers_of(db, run_id))
@@ -412,7 +418,7 @@ def test_an_adapter_trained_on_an_exam_question_is_refused(db, plant, adapter, t
 
     insert_exam(db, "leaky-exam", plant, [("When are the bearings checked?", "Once a month.", "pumps.md", None)])
     before = counts(db)
-    with pytest.raises(UserError, match="cannot be evaluated on exam 'leaky-exam'.*ask an exam question"):
+    with pytest.raises(UserError, match="cannot be evaluated on exam 'leaky-exam'.*asks an exam question"):
         submit_evaluation(db, exam="leaky-exam", variants="base,ft", model=tiny_llama, adapter=adapter)
     assert counts(db) == before
     run_id, job = submit_evaluation(db, exam="leaky-exam", variants="base", model=tiny_llama, adapter=adapter)
@@ -503,7 +509,7 @@ def test_evaluation_page_shows_a_finished_run(db, first_run):
     assert not at.exception
     at.selectbox(key="eval_run").select(first_run).run()
     assert not at.exception and [e.value for e in at.error] == []
-    table = at.dataframe(key="eval_scores").value
+    table = next(d.value for d in at.dataframe if "token F1" in d.value.columns and "variant" in d.value.columns)
     assert list(table["variant"]) == ["base", "rag"] and "token F1" in table.columns
     assert table.loc[table["variant"] == "rag", "hit@k"].iloc[0] == "1.00 [1.00, 1.00]"
     assert any("Pairwise" in s.value for s in at.subheader)

@@ -23,7 +23,8 @@ from core.datasets.formats import clean_text
 from core.datasets.splitting import DEFAULT_VALIDATION_FRACTION, check_fraction
 from core.datasets.store import DatasetInfo, NewExample, ensure_name_free, write_dataset
 from core.db import Database
-from core.documents.library import CollectionInfo, get_collection
+from core.documents import library
+from core.documents.library import ChunkText, CollectionInfo, get_collection
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +48,6 @@ CUT_OFF = "cut off by the new-token limit"
 DUPLICATE = "same question as another chunk's"
 BORROWED = "borrowed from the worked example"
 TOO_LONG = "chunk too long for the model's context window"
-
-
-@dataclass(frozen=True)
-class ChunkText:
-    id: int
-    document_id: int
-    heading: str | None
-    text: str
 
 
 @dataclass(frozen=True)
@@ -290,6 +283,7 @@ def training_chunks(db: Database, origin: CollectionInfo, exclude_document_ids: 
     return kept, len(chunks) - len(kept)
 
 
+# Evaluation's tables read from datasets: datasets sit below evaluation in the layers; the exam tables are read, never written.
 def exam_document_ids(db: Database, collection_id: int) -> set[int]:
     """The documents that any exam of the collection asks about (core.evaluation.exams): training
     data leaves them out. Read here, from the exam tables, because evaluation builds on datasets."""
@@ -305,17 +299,12 @@ def _left_out(excluded: int) -> str:
 
 
 def collection_chunks(db: Database, collection_id: int) -> list[ChunkText]:
-    """Every chunk of a collection in reading order; refuses an empty collection."""
-    with db.engine.connect() as connection:
-        rows = connection.execute(
-            sql("SELECT c.id, c.document_id, c.heading, c.text, k.name FROM chunks c JOIN collections k ON k.id = c.collection_id "
-                "WHERE c.collection_id = :c ORDER BY c.document_id, c.ordinal"),
-            {"c": collection_id},
-        ).all()
-        if not rows:
-            name = connection.execute(sql("SELECT name FROM collections WHERE id = :c"), {"c": collection_id}).scalar()
-            raise DatasetError(f"Collection {name!r} has no documents yet: add documents to it first.")
-    return [ChunkText(r.id, r.document_id, r.heading, r.text) for r in rows]
+    """Every chunk of a collection in reading order (core.documents.library); refuses an empty collection."""
+    chunks = library.collection_chunks(db, collection_id)
+    if not chunks:
+        name = next((c.name for c in library.list_collections(db) if c.id == collection_id), None)
+        raise DatasetError(f"Collection {name!r} has no documents yet: add documents to it first.")
+    return chunks
 
 
 def sample_evenly(items: Sequence, count: int | None) -> list:

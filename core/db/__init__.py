@@ -1,4 +1,4 @@
-"""Database access: the engine (embedded or external Postgres), ORM tables and migrations."""
+"""Database access: the engine (embedded or external Postgres) and migrations; each capability writes its own SQL."""
 
 from core.db.engine import Database, open_database
 

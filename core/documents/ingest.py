@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from core.config import Settings, get_settings
 from core.db import Database
-from core.db.tables import Collection, Document
 from core.documents.chunking import ChunkDraft, chunk_document
 from core.documents.embeddings import Embedder, EmbeddingModelError, load_embedder
 from core.documents.errors import IngestError
@@ -192,12 +190,15 @@ def _prepare(
         )
     collection = get_collection(db, collection_name)
     sha256 = hashlib.sha256(data).hexdigest()
-    with Session(db.engine) as session:
-        duplicate = session.execute(
-            select(Document.filename).where(Document.collection_id == collection.id, Document.sha256 == sha256)
+    with db.engine.connect() as connection:
+        duplicate = connection.execute(
+            text("SELECT filename FROM documents WHERE collection_id = :c AND sha256 = :sha256"),
+            {"c": collection.id, "sha256": sha256},
         ).scalar()
         same_name = list(
-            session.scalars(select(Document.id).where(Document.collection_id == collection.id, Document.filename == filename))
+            connection.execute(
+                text("SELECT id FROM documents WHERE collection_id = :c AND filename = :f"), {"c": collection.id, "f": filename}
+            ).scalars()
         )
     if duplicate is not None:
         return IngestOutcome(
@@ -314,10 +315,10 @@ def _embed_group(embedder: Embedder, group: list[_Prepared], batch_size: int, re
 def _store(db: Database, collection: CollectionInfo, prepared: _Prepared, replace: bool) -> IngestOutcome:
     filename, parsed, chunks = prepared.filename, prepared.parsed, prepared.chunks
     try:
-        with Session(db.engine) as session, session.begin():
+        with db.engine.begin() as connection:
             # Lock the collection row: a concurrent re-embed or replace of the same name waits.
-            model = session.execute(
-                select(Collection.embedding_model).where(Collection.id == collection.id).with_for_update()
+            model = connection.execute(
+                text("SELECT embedding_model FROM collections WHERE id = :c FOR UPDATE"), {"c": collection.id}
             ).scalar_one()
             if model != prepared.embedding_model:
                 raise IngestError(
@@ -327,21 +328,27 @@ def _store(db: Database, collection: CollectionInfo, prepared: _Prepared, replac
                     "Add the file again.",
                 )
             if replace and prepared.same_name:
-                session.query(Document).filter(Document.id.in_(prepared.same_name)).delete(synchronize_session=False)
-            document = Document(
-                collection_id=collection.id,
-                filename=filename,
-                file_type=parsed.file_type,
-                sha256=prepared.sha256,
-                size_bytes=prepared.data_size,
-                pages=parsed.pages,
-                chunk_count=len(chunks),
-                token_count=sum(chunk.token_count for chunk in chunks),
-            )
-            session.add(document)
-            session.flush()
-            copy_chunks(session.connection(), document.id, collection.id, chunks, prepared.vectors)
-            document_id = document.id
+                connection.execute(text("DELETE FROM documents WHERE id = ANY(:ids)"), {"ids": prepared.same_name})
+            document_id = connection.execute(
+                text(
+                    """
+                    INSERT INTO documents (collection_id, filename, file_type, sha256, size_bytes, pages, chunk_count, token_count)
+                    VALUES (:collection_id, :filename, :file_type, :sha256, :size_bytes, :pages, :chunk_count, :token_count)
+                    RETURNING id
+                    """
+                ),
+                {
+                    "collection_id": collection.id,
+                    "filename": filename,
+                    "file_type": parsed.file_type,
+                    "sha256": prepared.sha256,
+                    "size_bytes": prepared.data_size,
+                    "pages": parsed.pages,
+                    "chunk_count": len(chunks),
+                    "token_count": sum(chunk.token_count for chunk in chunks),
+                },
+            ).scalar_one()
+            copy_chunks(connection, document_id, collection.id, chunks, prepared.vectors)
     except IntegrityError:  # the same content landed from another upload meanwhile
         return IngestOutcome(filename, "skipped", f"{filename}: already in {collection.name!r}; skipped.")
 

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
-from sqlalchemy import delete, func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, text
 
 from core.config import Settings, get_settings
 from core.db import Database
-from core.db.tables import Chunk, Collection, Document
 from core.documents.chunking import embedding_text
 from core.documents.embeddings import load_embedder
 from core.errors import UserError
@@ -65,21 +63,35 @@ class ChunkInfo:
 
 
 @dataclass(frozen=True)
+class ChunkText:
+    """A chunk's text and where it comes from: what training data and exams are written from."""
+
+    id: int
+    document_id: int
+    heading: str | None
+    text: str
+
+
+@dataclass(frozen=True)
 class LibraryStats:
     collections: int
     documents: int
     chunks: int
 
 
-def _collection_info(collection: Collection, documents: int = 0, chunks: int = 0) -> CollectionInfo:
+# The columns of a collections row that CollectionInfo holds, in its order.
+_COLLECTION_COLUMNS = "id, name, embedding_model, embedding_dim, chunk_tokens, chunk_overlap, created_at"
+
+
+def _collection_info(row: Row, documents: int = 0, chunks: int = 0) -> CollectionInfo:
     return CollectionInfo(
-        id=collection.id,
-        name=collection.name,
-        embedding_model=collection.embedding_model,
-        embedding_dim=collection.embedding_dim,
-        chunk_tokens=collection.chunk_tokens,
-        chunk_overlap=collection.chunk_overlap,
-        created_at=collection.created_at,
+        id=row.id,
+        name=row.name,
+        embedding_model=row.embedding_model,
+        embedding_dim=row.embedding_dim,
+        chunk_tokens=row.chunk_tokens,
+        chunk_overlap=row.chunk_overlap,
+        created_at=row.created_at,
         document_count=documents,
         chunk_count=chunks,
     )
@@ -130,31 +142,29 @@ def create_collection(
         )
     if not 0 <= chunk_overlap < chunk_tokens:
         raise LibraryError(f"The overlap ({chunk_overlap}) must be at least 0 and less than the chunk size ({chunk_tokens}).")
-    with Session(db.engine) as session:
-        if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
+    with db.engine.begin() as connection:
+        if connection.execute(text("SELECT 1 FROM collections WHERE name = :n"), {"n": name}).first() is not None:
             raise LibraryError(f"A collection named {name!r} already exists.")
-        collection = Collection(
-            name=name,
-            embedding_model=embedding_model,
-            embedding_dim=embedder.dim,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-        )
-        session.add(collection)
-        session.commit()
-        info = _collection_info(collection)
+        row = connection.execute(
+            text(
+                "INSERT INTO collections (name, embedding_model, embedding_dim, chunk_tokens, chunk_overlap) "
+                f"VALUES (:name, :model, :dim, :tokens, :overlap) RETURNING {_COLLECTION_COLUMNS}"
+            ),
+            {"name": name, "model": embedding_model, "dim": embedder.dim, "tokens": chunk_tokens, "overlap": chunk_overlap},
+        ).one()
+    info = _collection_info(row)
     ensure_vector_index(db, embedder.dim)
     return info
 
 
 def get_collection(db: Database, name: str) -> CollectionInfo:
-    with Session(db.engine) as session:
-        collection = session.scalar(select(Collection).where(Collection.name == name))
-        if collection is None:
-            known = session.scalars(select(Collection.name).order_by(Collection.name)).all()
+    with db.engine.connect() as connection:
+        row = connection.execute(text(f"SELECT {_COLLECTION_COLUMNS} FROM collections WHERE name = :n"), {"n": name}).first()
+        if row is None:
+            known = connection.execute(text("SELECT name FROM collections ORDER BY name")).scalars().all()
             hint = f" Existing collections: {', '.join(known)}." if known else " There are no collections yet."
             raise LibraryError(f"No collection named {name!r}.{hint}")
-        return _collection_info(collection)
+    return _collection_info(row)
 
 
 def ensure_collection(db: Database, name: str, settings: Settings | None = None) -> CollectionInfo:
@@ -169,49 +179,71 @@ def ensure_collection(db: Database, name: str, settings: Settings | None = None)
 
 
 def list_collections(db: Database) -> list[CollectionInfo]:
-    documents = (
-        select(Document.collection_id, func.count().label("n"), func.coalesce(func.sum(Document.chunk_count), 0).label("c"))
-        .group_by(Document.collection_id)
-        .subquery()
-    )
-    with Session(db.engine) as session:
-        rows = session.execute(
-            select(Collection, func.coalesce(documents.c.n, 0), func.coalesce(documents.c.c, 0))
-            .outerjoin(documents, documents.c.collection_id == Collection.id)
-            .order_by(Collection.name)
+    """Every collection by name, with how many documents and chunks it holds."""
+    with db.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                """
+                WITH counts AS (
+                    SELECT collection_id, count(*) AS documents, coalesce(sum(chunk_count), 0) AS chunks
+                    FROM documents
+                    GROUP BY collection_id
+                )
+                SELECT k.id, k.name, k.embedding_model, k.embedding_dim, k.chunk_tokens, k.chunk_overlap, k.created_at,
+                       coalesce(counts.documents, 0) AS documents, coalesce(counts.chunks, 0) AS chunks
+                FROM collections k
+                LEFT JOIN counts ON counts.collection_id = k.id
+                ORDER BY k.name
+                """
+            )
         ).all()
-        return [_collection_info(collection, int(n), int(c)) for collection, n, c in rows]
+    return [_collection_info(row, int(row.documents), int(row.chunks)) for row in rows]
 
 
 def delete_collection(db: Database, name: str) -> int:
     """Delete a collection with all its documents and chunks; returns how many documents went."""
     collection = get_collection(db, name)
-    with Session(db.engine) as session, session.begin():
-        count = session.scalar(select(func.count()).where(Document.collection_id == collection.id))
-        session.execute(delete(Collection).where(Collection.id == collection.id))
+    with db.engine.begin() as connection:
+        count = connection.execute(
+            text("SELECT count(*) FROM documents WHERE collection_id = :c"), {"c": collection.id}
+        ).scalar()
+        connection.execute(text("DELETE FROM collections WHERE id = :c"), {"c": collection.id})
     return int(count or 0)
 
 
 def list_documents(db: Database, collection: str | None = None) -> list[DocumentInfo]:
     """Documents newest first, in one collection or in all of them."""
-    query = select(Document, Collection.name).join(Collection).order_by(Document.created_at.desc(), Document.id.desc())
+    where, params = "", {}
     if collection is not None:
-        query = query.where(Collection.id == get_collection(db, collection).id)
-    with Session(db.engine) as session:
-        return [
-            DocumentInfo(
-                id=d.id,
-                collection=name,
-                filename=d.filename,
-                file_type=d.file_type,
-                size_bytes=d.size_bytes,
-                pages=d.pages,
-                chunk_count=d.chunk_count,
-                sha256=d.sha256.strip(),
-                created_at=d.created_at,
-            )
-            for d, name in session.execute(query).all()
-        ]
+        where, params = "WHERE d.collection_id = :c", {"c": get_collection(db, collection).id}
+    with db.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                f"""
+                SELECT d.id, k.name AS collection, d.filename, d.file_type, d.size_bytes, d.pages, d.chunk_count,
+                       d.sha256, d.created_at
+                FROM documents d
+                JOIN collections k ON k.id = d.collection_id
+                {where}
+                ORDER BY d.created_at DESC, d.id DESC
+                """
+            ),
+            params,
+        ).all()
+    return [
+        DocumentInfo(
+            id=d.id,
+            collection=d.collection,
+            filename=d.filename,
+            file_type=d.file_type,
+            size_bytes=d.size_bytes,
+            pages=d.pages,
+            chunk_count=d.chunk_count,
+            sha256=d.sha256.strip(),
+            created_at=d.created_at,
+        )
+        for d in rows
+    ]
 
 
 def find_documents(db: Database, collection: str, filename: str) -> list[DocumentInfo]:
@@ -223,24 +255,37 @@ def delete_document(db: Database, document_id: int) -> DocumentInfo:
     matches = [d for d in list_documents(db) if d.id == document_id]
     if not matches:
         raise LibraryError(f"No document with id {document_id}; `python -m core documents list` shows the ids.")
-    with Session(db.engine) as session, session.begin():
-        session.execute(delete(Document).where(Document.id == document_id))
+    with db.engine.begin() as connection:
+        connection.execute(text("DELETE FROM documents WHERE id = :d"), {"d": document_id})
     return matches[0]
 
 
 def document_chunks(db: Database, document_id: int, limit: int | None = None) -> list[ChunkInfo]:
     """A document's chunks in order; an unknown document id raises LibraryError."""
-    query = select(Chunk).where(Chunk.document_id == document_id).order_by(Chunk.ordinal)
-    if limit:
-        query = query.limit(limit)
-    with Session(db.engine) as session:
-        chunks = [
-            ChunkInfo(c.id, c.ordinal, c.page, c.heading, c.text, c.char_start, c.char_end, c.token_count)
-            for c in session.scalars(query)
-        ]
-        if not chunks and session.get(Document, document_id) is None:
+    with db.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT id, ordinal, page, heading, text, char_start, char_end, token_count FROM chunks "
+                "WHERE document_id = :d ORDER BY ordinal LIMIT :limit"
+            ),
+            {"d": document_id, "limit": limit or None},  # LIMIT NULL: every chunk
+        ).all()
+        chunks = [ChunkInfo(*row) for row in rows]
+        if not chunks and connection.execute(text("SELECT 1 FROM documents WHERE id = :d"), {"d": document_id}).first() is None:
             raise LibraryError(f"No document with id {document_id}; `python -m core documents list` shows the ids.")
     return chunks
+
+
+def collection_chunks(db: Database, collection_id: int) -> list[ChunkText]:
+    """Every chunk of a collection in reading order (document by document); empty when it has none."""
+    with db.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT id, document_id, heading, text FROM chunks WHERE collection_id = :c ORDER BY document_id, ordinal"
+            ),
+            {"c": collection_id},
+        ).all()
+    return [ChunkText(*row) for row in rows]
 
 
 def library_stats(db: Database) -> LibraryStats:

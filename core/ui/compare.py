@@ -113,9 +113,9 @@ def render_ranking(ranking: Ranking) -> None:
         st.caption(ranking.message)
         return
     st.dataframe(
-        [{"variant": v.label, "strength": round(v.strength, 2), "95% interval": f"{v.low:.2f} – {v.high:.2f}",
-          "votes": v.votes} for v in ranking.variants],
-        hide_index=True,
+        [{"variant": v.label, "strength": v.strength, "95% interval": f"{v.low:.2f} – {v.high:.2f}", "votes": v.votes}
+         for v in ranking.variants],
+        hide_index=True, column_config={"strength": st.column_config.NumberColumn(format="%.2f")},
     )
     (st.success if ranking.decided else st.info)(ranking.message)
 

@@ -41,7 +41,7 @@ def metric_chart(summary: dict, metric: str) -> alt.Chart | None:
 
 def render_summary(results: RunResults) -> None:
     summary = results.summary
-    st.dataframe(score_table(summary), hide_index=True, width="stretch", key="eval_scores")
+    st.dataframe(score_table(summary), hide_index=True, width="stretch")
     st.caption(f"Means over {summary['questions']} questions with {summary['confidence']:.0%} bootstrap intervals "
                f"({summary['resamples']} resamples, seed {summary['seed']}); – where a metric does not apply "
                "(retrieval scores without RAG or without a source passage).")

@@ -105,7 +105,6 @@ def test_four_answers_side_by_side_then_a_blind_vote(page, app_url, app_db, tmp_
     assert column_headings(page) == ["Base model", "Base + RAG", f"Fine-tuned ({adapter})", f"Fine-tuned + RAG ({adapter})"]
     timings = page.locator('[data-testid="stCaptionContainer"]').filter(has_text=re.compile(r"first token .* tokens"))
     expect(timings).to_have_count(4)
-    page.screenshot(path="/tmp/shot_normal.png", full_page=True)
     expect(page.locator('[data-testid="stExpander"]').filter(has_text=f"[1] {memo.name}")).to_have_count(2)
 
     # Blind: A–D with nothing that gives a variant away, a vote with a note, then the labels revealed.
@@ -114,7 +113,6 @@ def test_four_answers_side_by_side_then_a_blind_vote(page, app_url, app_db, tmp_
     click_and_wait(page, page.get_by_role("button", name="Compare", exact=True), COMPARE_MS)
     assert column_headings(page) == ["Answer A", "Answer B", "Answer C", "Answer D"]
     expect(timings).to_have_count(0)
-    page.screenshot(path="/tmp/shot_blind.png", full_page=True)
     before = len(list_votes(db))
     form = page.locator('[data-testid="stForm"]')
     form.locator('[data-testid="stRadio"]').get_by_text("B", exact=True).click()
@@ -128,7 +126,6 @@ def test_four_answers_side_by_side_then_a_blind_vote(page, app_url, app_db, tmp_
     assert all(": " in h for h in headings)  # each label now names its variant
     expect(timings).to_have_count(4)
 
-    page.screenshot(path="/tmp/shot_voted.png", full_page=True)
     (vote, *_) = list_votes(db)
     assert len(list_votes(db)) == before + 1
     assert vote.note == "B is the clearest" and vote.adapter == adapter and vote.question == QUESTION
