@@ -104,13 +104,14 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int)
+    parser.add_argument("--every", type=int, default=1, help="take every n-th question (a spread-out subset)")
     parser.add_argument("--out", default="/tmp/rag_prompt_bench.json")
     args = parser.parse_args()
 
     settings = get_settings()
     db = open_database(settings)
     loaded = load_model(settings.language_model)
-    exam = load_exam(args.limit)
+    exam = load_exam(None)[:: args.every][: args.limit]
     print(f"{len(exam)} questions, model {loaded.description}")
 
     results: dict[str, list[dict]] = {}
@@ -135,6 +136,7 @@ def main() -> None:
                 results[name] = [{**score(row, text), "tokens": a.new_tokens, "answer": text}
                                  for row, text, a in zip(exam, texts, answers, strict=True)]
                 tokens = sum(a.new_tokens for a in answers)
+                Path(args.out).write_text(json.dumps(results, indent=1))
                 print(f"{name}: {seconds:.0f} s, {tokens} tokens, " + ", ".join(
                     f"{m} {sum(r[m] for r in results[name]) / len(exam):.3f}"
                     for m in ("f1", "contains", "rouge_l", "abstention", "looped", "abstained_in_scope")), flush=True)

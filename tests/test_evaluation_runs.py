@@ -504,8 +504,12 @@ def test_evaluation_page_shows_a_finished_run(db, first_run):
     st.cache_resource.clear()
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
-    at.session_state["eval_tab"] = "Results"
     at.switch_page("pages/evaluation.py").run()
+    assert not at.exception
+    assert any(o.startswith("plant-exam (5 questions") for o in at.selectbox(key="eval_exam").options)
+    assert at.multiselect(key="eval_variants").value == ["base", "rag"]
+    at.session_state["eval_tab"] = "Results"
+    at.run()
     assert not at.exception
     at.selectbox(key="eval_run").select(first_run).run()
     assert not at.exception and [e.value for e in at.error] == []
@@ -515,7 +519,10 @@ def test_evaluation_page_shows_a_finished_run(db, first_run):
     assert any("Pairwise" in s.value for s in at.subheader)
     at.selectbox(key="eval_question").select_index(0).run()
     assert not at.exception
-    assert any(QUESTIONS[0][0] in m.value for m in at.markdown)
+    texts = [t.value for t in at.text]  # model text and questions as plain text, never Markdown
+    boiler = [a for a in load_results(db, first_run).answers if a.question == QUESTIONS[0][0]]
+    assert QUESTIONS[0][0] in texts and all((a.answer or "(empty answer)") in texts for a in boiler)
+    assert any("memo.txt" in c.value and "source" in c.value for c in at.caption)  # the rag answer's passages
 
 
 # --- the bundled model ------------------------------------------------------------------------------

@@ -52,17 +52,22 @@ def passages(db, collection: str) -> dict[int, dict]:
             for d in list_documents(db, collection) for c in document_chunks(db, d.id)}
 
 
-def qa_dataset(db, name: str, collection: str, *, linked: bool = True) -> list[tuple[str, str, int]]:
+def qa_pairs(db, collection: str) -> dict[int, tuple[str, str]]:
+    """chunk id → (question, answer): one pair per chunk, the answer its first line."""
+    return {p["chunk_id"]: (f"What does the manual say about {' '.join(p['text'].split()[:4])}?", p["text"].split("\n")[0])
+            for p in passages(db, collection).values()}
+
+
+def qa_dataset(db, name: str, collection: str, *, linked: bool = True) -> dict[int, tuple[str, str]]:
     """A question/answer dataset as generate_qa_dataset saves it (each pair with its chunk and
-    document), or (linked=False) as an imported file does. Returns (question, answer, chunk id)."""
-    pairs = [(f"What does the manual say about {' '.join(p['text'].split()[:4])}?", p["text"].split("\n")[0], p["chunk_id"],
-              p["document_id"]) for p in passages(db, collection).values()]
+    document), or (linked=False) as an imported file does. Returns its pairs by chunk id."""
+    pairs, chunks = qa_pairs(db, collection), passages(db, collection)
     examples = [NewExample(messages=[{"role": "user", "content": q}, {"role": "assistant", "content": a}],
-                           document_id=doc if linked else None, chunk_id=chunk if linked else None)
-                for q, a, chunk, doc in pairs]
+                           document_id=chunks[chunk]["document_id"] if linked else None, chunk_id=chunk if linked else None)
+                for chunk, (q, a) in pairs.items()]
     write_dataset(db, name, kind="chat", source="test pairs", examples=examples,
                   collection_id=get_collection(db, collection).id if linked else None)
-    return [(q, a, chunk) for q, a, chunk, _ in pairs]
+    return pairs
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +103,7 @@ def check_example(example, chunks: dict[int, dict], pairs: dict[int, tuple[str, 
 
 
 def test_each_example_is_the_rag_prompt_with_its_source_among_distractors(db, plant, tiny_llama):
-    pairs = {chunk: (q, a) for q, a, chunk in qa_dataset(db, "plant-qa-again", plant)}
+    pairs = qa_dataset(db, "plant-qa-again", plant)
     report = build_raft_dataset(db, "plant-raft", from_dataset="plant-qa-again", collection=plant, distractors=3,
                                 oracle_fraction=0.8, seed=0, model_id=tiny_llama)
     chunks = passages(db, plant)
@@ -128,7 +133,7 @@ def test_the_split_is_by_document_and_the_same_seed_gives_the_same_examples(db, 
 
 
 def test_distractors_are_dropped_until_an_example_fits(db, plant, tiny_llama):
-    pairs = {chunk: (q, a) for q, a, chunk in qa_dataset(db, "plant-qa-fit", plant)}
+    pairs = qa_dataset(db, "plant-qa-fit", plant)
     roomy = build_raft_dataset(db, "raft-roomy", from_dataset="plant-qa-fit", collection=plant, distractors=4,
                                oracle_fraction=1.0, model_id=tiny_llama)
     limit = roomy.longest - 30
@@ -152,6 +157,23 @@ def test_exam_documents_feed_neither_sources_nor_distractors(db, plant, tiny_lla
     for example in list_examples(db, "raft-no-exam", limit=1000):
         assert example.document_id not in held_out
         assert not set(shown(example.messages[-2]["content"], chunks)) & held_chunks
+
+
+def test_an_exam_of_the_collection_keeps_its_documents_out_by_default(db, tiny_llama):
+    from core.evaluation.exams import NewQuestion, write_exam
+
+    create_collection(db, "examined", chunk_tokens=24, chunk_overlap=0)
+    add_documents(db, "examined")
+    qa_dataset(db, "examined-qa", "examined")  # written before the exam, as a user might
+    boiler = next(d for d in list_documents(db, "examined") if d.filename == "Boiler B2.txt")
+    write_exam(db, "examined-exam", source="generated", collection_id=get_collection(db, "examined").id, settings={},
+               questions=[NewQuestion("When does the relief valve of B2 open?", "At 3.5 bar.", document_id=boiler.id)])
+    chunks = passages(db, "examined")
+    boiler_chunks = {c for c, p in chunks.items() if p["document_id"] == boiler.id}
+    report = build_raft_dataset(db, "examined-raft", from_dataset="examined-qa", collection="examined", model_id=tiny_llama)
+    assert report.left_out == {EXAM_SOURCE: len(boiler_chunks)} and report.excluded_chunks == len(boiler_chunks)
+    for example in list_examples(db, "examined-raft", limit=1000):
+        assert example.document_id != boiler.id and not set(shown(example.messages[-2]["content"], chunks)) & boiler_chunks
 
 
 def test_a_dataset_without_passages_is_refused_and_nothing_is_saved(db, plant, tiny_llama):
@@ -226,8 +248,8 @@ def test_a_raft_job_runs_in_the_worker_and_names_the_dataset(db, plant, tiny_lla
     assert job.result["with_source"] == round(0.5 * info.example_count)
     assert job.result["message"].startswith(f"{info.example_count} RAFT examples from 'plant-qa' saved as 'raft-job'")
     chunks = passages(db, plant)
-    pairs = {chunk: (q, a) for q, a, chunk in qa_dataset(db, "plant-qa-job-check", plant)}
-    assert all(isinstance(check_example(e, chunks, pairs, 2), bool) for e in list_examples(db, "raft-job", limit=1000))
+    oracles = [check_example(e, chunks, qa_pairs(db, plant), 2) for e in list_examples(db, "raft-job", limit=1000)]
+    assert sum(oracles) == job.result["with_source"]
     assert "Generating RAFT examples from dataset 'plant-qa' from collection 'plant'" in "\n".join(job_log_tail(db, job.id, 50))
 
 

@@ -32,6 +32,7 @@ from core.datasets.store import DatasetInfo, NewExample, ensure_name_free, get_d
 from core.db import Database
 from core.documents import library
 from core.documents.library import CollectionInfo, get_collection
+from core.formatting import plural
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class RaftReport:
                 f"{self.hard_negatives:,} of them search hits. Longest example {self.longest:,} tokens: fine-tune with "
                 f"a max sequence length at least that long, or answers are cut.")
         if self.left_out:
-            text += " Left out " + "; ".join(f"{n:,} examples {reason}" for reason, n in self.left_out.items()) + "."
+            text += " Left out " + "; ".join(f"{plural(n, 'example')} {reason}" for reason, n in self.left_out.items()) + "."
         if self.excluded_chunks:
             text += f" {self.excluded_chunks:,} chunks of exam documents were not used."
         return text

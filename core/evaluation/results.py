@@ -181,9 +181,9 @@ def _interval(interval: Interval) -> dict:
 
 
 def _pair_verdict(metric: str, interval: Interval) -> str:
+    """The verdict on a difference (first minus second), read so that "better" means better for `metric`."""
     if metric in LOWER_IS_BETTER:
-        flipped = verdict(Interval(-interval.mean, -interval.high, -interval.low, interval.n))
-        return flipped
+        return verdict(Interval(-interval.mean, -interval.high, -interval.low, interval.n))
     return verdict(interval)
 
 
@@ -257,9 +257,21 @@ def load_results(db: Database, run_id: int) -> RunResults:
     """A run with its answers and summary (computed from the answers so far while it is unfinished)."""
     run = get_run(db, run_id)
     answers = load_answers(db, run)
-    summary = run.summary if run.finished and run.summary else summarize(
+    summary = _in_run_order(run.summary, run.variants) if run.finished and run.summary else summarize(
         answers, run.variants, knowledge_update=run.settings.get("knowledge_update"))
     return RunResults(run, answers, summary)
+
+
+def _in_run_order(summary: dict, variants: list[str]) -> dict:
+    """A summary read back from jsonb, whose keys Postgres sorts its own way: variants in the run's
+    order again, diagnoses in DIAGNOSES order."""
+    ordered = dict(summary)
+    ordered["variants"] = {v: summary["variants"][v] for v in variants if v in summary.get("variants", {})}
+    ordered["diagnoses"] = {v: {d: summary["diagnoses"][v].get(d, 0) for d in DIAGNOSES}
+                            for v in variants if v in summary.get("diagnoses", {})}
+    if "knowledge_update" in summary:
+        ordered["knowledge_update"] = {v: summary["knowledge_update"][v] for v in variants if v in summary["knowledge_update"]}
+    return ordered
 
 
 def score_table(summary: dict, metrics: tuple[str, ...] = METRICS) -> list[dict]:
