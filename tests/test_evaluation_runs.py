@@ -498,6 +498,11 @@ def test_cli_shows_and_lists_runs(db, exam, tiny_llama, first_run, tmp_path, cap
     assert main(["eval", "--exam", exam, "--variants", "ft", "--model", tiny_llama]) == 2
     assert "need a fine-tuned adapter" in capsys.readouterr().err
     assert main(["eval", "show"]) == 2
+    assert main(["eval", "--exam", exam, "--update-document", str(tmp_path / "missing.md")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "memo.txt").write_text("Boiler memo.\n\nThe relief valve of boiler B2 opens at 4.2 bar.\n")
+    assert main(["eval", "--exam", exam, "--update-document", str(tmp_path / "memo.txt"), "--new-reference", "4.2 bar"]) == 2
+    assert "QUESTION_ID=ANSWER" in capsys.readouterr().err
 
 
 def test_evaluation_page_shows_a_finished_run(db, first_run):

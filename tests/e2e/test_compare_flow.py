@@ -17,7 +17,6 @@ from e2e_harness import (
     click_and_wait,
     create_collection,
     open_page,
-    selectbox,
     set_number,
     upload_files,
 )
@@ -52,20 +51,18 @@ def fill_and_commit(page, box, value: str, key: str = "Enter") -> None:
     expect(box).to_have_value(value)
 
 
-def choose_in_expander(page, label: str, option: str) -> None:
-    """choose_option for a selectbox in a just-opened expander: a click while it still unfolds can open the
-    list and lose it again, so open the list until the option shows (three tries)."""
-    box = selectbox(page, label)
-    wanted = page.get_by_role("option", name=option, exact=True)
-    for _ in range(3):
-        box.click()
-        try:
-            wanted.wait_for(timeout=5_000)
-            break
-        except Exception:  # noqa: BLE001 - the list closed again: try once more
-            page.keyboard.press("Escape")
-    click_and_wait(page, wanted)
-    expect(box).to_have_value(option)
+def open_expander(page, title: str) -> None:
+    """Open an st.expander and wait until it has unfolded: a selectbox clicked while the expander still grows
+    opens its list and loses it again."""
+    expander = page.locator('[data-testid="stExpander"]').filter(has_text=title)
+    expander.get_by_text(title).click()
+    last = None
+    for _ in range(50):
+        box = expander.bounding_box()
+        if box is not None and box == last:
+            return
+        last = box
+        page.wait_for_timeout(150)
 
 
 def column_headings(page) -> list[str]:
@@ -93,8 +90,8 @@ def test_four_answers_side_by_side_then_a_blind_vote(page, app_url, app_db, tmp_
     expect(page.get_by_role("heading", name="Compare", exact=True)).to_be_visible()
     choose_option(page, "Collection", collection)
     choose_option(page, "Adapter", adapter)
-    page.get_by_text("Model and generation settings").click()
-    choose_in_expander(page, "Model", OTHER_MODEL)
+    open_expander(page, "Model and generation settings")
+    choose_option(page, "Model", OTHER_MODEL)
     fill_and_commit(page, page.get_by_label("Model id or folder", exact=True), str(model))
     set_number(page, "Max new tokens", 6)
     fill_and_commit(page, page.get_by_label("Question", exact=True), QUESTION, key="Control+Enter")
