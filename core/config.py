@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     )
     load_in_4bit: bool = Field(default=False, description="Load the language model in 4-bit (bitsandbytes NF4).")
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Longest answer, in tokens.")
+    stop_loops: bool = Field(
+        default=True,
+        description="End an answer once its own last tokens repeat (a loop) and keep it up to the first copy. "
+        "Judges only generated tokens, so copying from the passages is never penalised.",
+    )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 answers greedily (repeatable).")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling when temperature > 0.")
     rag_top_k: int = Field(default=5, ge=1, le=50, description="Passages retrieved for an answer.")

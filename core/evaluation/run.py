@@ -63,6 +63,7 @@ class EvaluateParams(BaseModel):
     top_k: int  # k of hit@k
     question_ids: list[int] | None = None  # only these questions (a knowledge-update check)
     reference_overrides: dict[int, str] | None = None  # question id → the reference to score against instead
+    stop_loops: bool = True  # the loop guard (setting stop_loops) as it was when the run was queued
 
 
 def parse_variants(variants: str | list[str]) -> list[str]:
@@ -197,13 +198,15 @@ def plan_evaluation(
     run_settings = {
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "top_k": top_k, "rag_top_k": settings.rag_top_k,
         "rag_min_similarity": settings.rag_min_similarity, "search_mode": "hybrid", "decoding": "greedy",
+        "stop_loops": settings.stop_loops,
         "embedding_model": embedding_model, "question_ids": question_ids, "leakage": leakage,
         "reference_overrides": {str(k): v for k, v in (reference_overrides or {}).items()} or None,
         **(extra_settings or {}),
     }
     params = {"exam": info.name, "variants": chosen, "model": model, "adapter": adapter, "collection": collection,
               "embedding_model": embedding_model, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-              "top_k": top_k, "question_ids": question_ids, "reference_overrides": reference_overrides}
+              "top_k": top_k, "question_ids": question_ids, "reference_overrides": reference_overrides,
+              "stop_loops": settings.stop_loops}
     EvaluateParams.model_validate({**params, "run_id": 0})  # the job will read them back: fail here, not there
     subset = f" ({len(question_ids)} questions)" if question_ids else ""
     return EvaluationPlan(info.id, collection_id, params, run_settings,
@@ -348,7 +351,7 @@ class _Answerer:
         generated = iter(generate_batch(
             self.loaded, [prepared.messages for prepared in asked], max_new_tokens=self.p.max_new_tokens,
             adapter=self.p.adapter if ft else None, adapter_path=self.adapter_path if ft else None,
-            batch_size=self.p.batch_size,
+            batch_size=self.p.batch_size, stop_loops=self.p.stop_loops,
         ) if asked else [])
         answers: list[BatchAnswer] = []
         for _, prepared in batch:

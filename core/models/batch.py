@@ -30,8 +30,13 @@ class BatchAnswer:
 
 def generate_batch(loaded: LoadedModel, conversations: list[list[dict]], *, max_new_tokens: int = 256,
                    adapter: str | None = None, adapter_path: Path | None = None, batch_size: int = 8,
-                   stop_loops: bool = True) -> list[BatchAnswer]:
-    """Greedy answers to `conversations` (chat messages each), in their order."""
+                   stop_loops: bool | None = None) -> list[BatchAnswer]:
+    """Greedy answers to `conversations` (chat messages each), in their order. `stop_loops`
+    defaults to the `stop_loops` setting."""
+    if stop_loops is None:
+        from core.config import get_settings
+
+        stop_loops = get_settings().stop_loops
     prompts = [chat_prompt_ids(loaded, messages) for messages in conversations]
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     answers: list[BatchAnswer | None] = [None] * len(prompts)

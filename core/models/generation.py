@@ -128,9 +128,12 @@ class Generation:
             def __call__(self, input_ids, scores, **kwargs):
                 return abandoned.is_set()
 
+        from core.config import get_settings
         from core.models.repetition import loop_stopping_criteria
 
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenAbandoned(), loop_stopping_criteria(input_ids.shape[1])])
+        stop_loops = get_settings().stop_loops
+        criteria = [StopWhenAbandoned()] + ([loop_stopping_criteria(input_ids.shape[1])] if stop_loops else [])
+        kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         generated_ids: list[int] = []
 
         def run() -> None:
@@ -158,7 +161,7 @@ class Generation:
         stats.seconds = time.perf_counter() - started
         if self.error is not None:
             raise self.error
-        cut = loop_start(generated_ids)
+        cut = loop_start(generated_ids) if stop_loops else None
         if cut is not None:  # the answer began to repeat itself: keep it up to the first copy
             stats.stopped_by = "loop"
             self.text = loaded.tokenizer.decode(generated_ids[:cut], skip_special_tokens=True)
