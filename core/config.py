@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 answers greedily (repeatable).")
     top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling when temperature > 0.")
+    rag_prompt: Literal["cite-or-unknown", "short-cited"] = Field(
+        default="cite-or-unknown", description="The instruction above the passages of a RAG prompt (core/answers/rag.py)."
+    )
     rag_top_k: int = Field(default=5, ge=1, le=50, description="Passages retrieved for an answer.")
     rag_min_similarity: float = Field(
         default=0.25,

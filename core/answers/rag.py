@@ -21,11 +21,22 @@ from core.models import NO_ADAPTER, Generation, LoadedModel, count_chat_tokens, 
 from core.models.adapters import find_adapter
 from core.models.generation import fold_system_turn_if_refused
 
-SYSTEM_PROMPT = (
-    "You are a careful expert assistant. Answer the question using only the numbered sources. "
-    "Cite each source you use with its number in square brackets, like [1] or [2]. "
-    "If the sources do not contain the answer, say that you do not know."
-)
+# The instruction above the numbered passages. Which one is the default is decided by the benchmark
+# exam (docs/benchmarks.md, "RAG defaults"); the setting `rag_prompt` picks another, and every
+# evaluation run records which one produced its answers.
+RAG_PROMPTS = {
+    "cite-or-unknown": (
+        "You are a careful expert assistant. Answer the question using only the numbered sources. "
+        "Cite each source you use with its number in square brackets, like [1] or [2]. "
+        "If the sources do not contain the answer, say that you do not know."
+    ),
+    "short-cited": (
+        "Answer the question in one or two sentences, using only the numbered sources. "
+        "Cite the source you use, like [1]. If the sources do not contain the answer, reply: "
+        "The documents do not say."
+    ),
+}
+SYSTEM_PROMPT = RAG_PROMPTS["cite-or-unknown"]
 
 
 class QuestionError(UserError):
@@ -60,10 +71,13 @@ def _format_source(source: Source) -> str:
     return f"[{source.number}] {source.filename} ({source.location})\n{source.text}"
 
 
-def rag_messages(question: str, sources: list[Source]) -> list[dict]:
+def rag_messages(question: str, sources: list[Source], prompt: str | None = None) -> list[dict]:
+    """The RAG prompt: an instruction (`prompt`, default the `rag_prompt` setting), the numbered
+    passages, the question. Training data in the RAFT style is built with this same function."""
     context = "\n\n".join(_format_source(s) for s in sources)
+    instruction = RAG_PROMPTS[prompt or get_settings().rag_prompt]
     return [
-        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": instruction},
         {"role": "user", "content": f"Sources:\n\n{context}\n\nQuestion: {question}"},
     ]
 
@@ -76,29 +90,30 @@ class RagPrompt:
     left_out: int  # retrieved passages that did not fit the budget
 
 
-def fit_sources(loaded: LoadedModel, question: str, hits: list[SearchHit], *, max_new_tokens: int) -> RagPrompt:
+def fit_sources(loaded: LoadedModel, question: str, hits: list[SearchHit], *, max_new_tokens: int,
+                prompt: str | None = None) -> RagPrompt:
     """Number and add passages, best first, while the prompt leaves `max_new_tokens` for the answer."""
     budget = loaded.context_window - max_new_tokens
     sources: list[Source] = []
     for hit in hits:
         candidate = [*sources, Source.from_hit(len(sources) + 1, hit)]
-        if count_chat_tokens(loaded, fold_system_turn_if_refused(loaded, rag_messages(question, candidate))) <= budget:
+        if count_chat_tokens(loaded, fold_system_turn_if_refused(loaded, rag_messages(question, candidate, prompt))) <= budget:
             sources = candidate
         elif not sources:  # the best passage alone is too long: keep as much of it as fits
-            cut = _cut_to_fit(loaded, question, hit, budget)
+            cut = _cut_to_fit(loaded, question, hit, budget, prompt)
             if cut is not None:
                 sources = [cut]
-    messages = fold_system_turn_if_refused(loaded, rag_messages(question, sources))
+    messages = fold_system_turn_if_refused(loaded, rag_messages(question, sources, prompt))
     return RagPrompt(messages, sources, count_chat_tokens(loaded, messages), len(hits) - len(sources))
 
 
-def _cut_to_fit(loaded: LoadedModel, question: str, hit: SearchHit, budget: int) -> Source | None:
+def _cut_to_fit(loaded: LoadedModel, question: str, hit: SearchHit, budget: int, prompt: str | None = None) -> Source | None:
     ids = loaded.tokenizer(hit.text, add_special_tokens=False)["input_ids"]
     low, high, best = 0, len(ids), None
     while low <= high:  # the longest prefix that fits
         middle = (low + high) // 2
         source = Source.from_hit(1, hit, loaded.tokenizer.decode(ids[:middle]) + " …")
-        if count_chat_tokens(loaded, fold_system_turn_if_refused(loaded, rag_messages(question, [source]))) <= budget:
+        if count_chat_tokens(loaded, fold_system_turn_if_refused(loaded, rag_messages(question, [source], prompt))) <= budget:
             best, low = source, middle + 1
         else:
             high = middle - 1
@@ -261,8 +276,8 @@ def prepare_answer(db: Database | None, loaded: LoadedModel, question: str, *, c
     relevant = [h for h in hits if h.vector_similarity is not None and h.vector_similarity >= settings.rag_min_similarity]
     if not relevant:
         return PreparedAnswer([], [], hits, 0, time.perf_counter() - started, nothing_found=True)
-    prompt = fit_sources(loaded, question, relevant, max_new_tokens=max_new_tokens)
-    return PreparedAnswer(prompt.messages, prompt.sources, hits, prompt.prompt_tokens, time.perf_counter() - started)
+    fitted = fit_sources(loaded, question, relevant, max_new_tokens=max_new_tokens, prompt=settings.rag_prompt)
+    return PreparedAnswer(fitted.messages, fitted.sources, hits, fitted.prompt_tokens, time.perf_counter() - started)
 
 
 def _require_documents(db: Database, collection: str) -> None:

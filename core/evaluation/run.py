@@ -64,6 +64,7 @@ class EvaluateParams(BaseModel):
     question_ids: list[int] | None = None  # only these questions (a knowledge-update check)
     reference_overrides: dict[int, str] | None = None  # question id → the reference to score against instead
     stop_loops: bool = True  # the loop guard (setting stop_loops) as it was when the run was queued
+    rag_prompt: str = "cite-or-unknown"  # the RAG instruction (setting rag_prompt) as it was when queued
 
 
 def parse_variants(variants: str | list[str]) -> list[str]:
@@ -198,7 +199,7 @@ def plan_evaluation(
     run_settings = {
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "top_k": top_k, "rag_top_k": settings.rag_top_k,
         "rag_min_similarity": settings.rag_min_similarity, "search_mode": "hybrid", "decoding": "greedy",
-        "stop_loops": settings.stop_loops,
+        "stop_loops": settings.stop_loops, "rag_prompt": settings.rag_prompt,
         "embedding_model": embedding_model, "question_ids": question_ids, "leakage": leakage,
         "reference_overrides": {str(k): v for k, v in (reference_overrides or {}).items()} or None,
         **(extra_settings or {}),
@@ -206,7 +207,7 @@ def plan_evaluation(
     params = {"exam": info.name, "variants": chosen, "model": model, "adapter": adapter, "collection": collection,
               "embedding_model": embedding_model, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
               "top_k": top_k, "question_ids": question_ids, "reference_overrides": reference_overrides,
-              "stop_loops": settings.stop_loops}
+              "stop_loops": settings.stop_loops, "rag_prompt": settings.rag_prompt}
     EvaluateParams.model_validate({**params, "run_id": 0})  # the job will read them back: fail here, not there
     subset = f" ({len(question_ids)} questions)" if question_ids else ""
     return EvaluationPlan(info.id, collection_id, params, run_settings,
@@ -341,7 +342,8 @@ class _Answerer:
     def prepare(self, item: ExamItem, variant: str) -> PreparedAnswer:
         return prepare_answer(self.context.db, self.loaded, item.question,
                               collection=self.p.collection if variant in RAG_VARIANTS else None,
-                              max_new_tokens=self.p.max_new_tokens, settings=self.context.settings)
+                              max_new_tokens=self.p.max_new_tokens,
+                              settings=self.context.settings.model_copy(update={"rag_prompt": self.p.rag_prompt}))
 
     def answer(self, variant: str, batch: list[tuple[ExamItem, PreparedAnswer]]) -> list[dict]:
         from core.models.batch import BatchAnswer, generate_batch
