@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.config import get_settings
 from core.documents.library import list_collections
+from core.errors import UserError
 from core.evaluation.compare import blind_order, compare, generation_settings
 from core.evaluation.stats import ALL_WRONG, TIE
 from core.evaluation.votes import record_vote, vote_ranking
@@ -18,6 +19,7 @@ from core.ui.resources import database
 
 OTHER_MODEL = "Other (Hugging Face id or folder)…"
 SHOWN = "compare_shown"
+VOTE_ERROR = "compare_vote_error"
 
 settings = get_settings()
 db = database()
@@ -66,22 +68,31 @@ if st.button("Compare", key="compare_run", type="primary", disabled=len(variants
 elif shown := st.session_state.get(SHOWN):
     render_comparison(shown)
 
+
+def submit_vote() -> None:
+    """Runs before the page's next run, so that run already draws the answers revealed."""
+    shown, pick = st.session_state[SHOWN], st.session_state.get("compare_choice")
+    if pick is None:
+        st.session_state[VOTE_ERROR] = "Pick the best answer, or “tie”, or “all wrong”."
+        return
+    try:
+        record_vote(db, question=shown.question, collection=shown.collection, model=shown.model, adapter=shown.adapter,
+                    settings=shown.settings, answers={a.variant: a.text for a in shown.answers},
+                    shown_order=shown.shown_order, choice=shown.variant_of(pick), note=st.session_state.get("compare_note"))
+    except UserError as error:
+        st.session_state[VOTE_ERROR] = str(error)
+    else:
+        shown.choice = shown.variant_of(pick)
+
+
 shown = st.session_state.get(SHOWN)
 if shown is not None and shown.blind and shown.choice is None:
     with st.form("compare_vote"):
-        pick = st.radio("Which answer is best?", [*shown.order, TIE, ALL_WRONG], index=None, horizontal=True,
-                        key="compare_choice")
-        note = st.text_input("Note (optional)", key="compare_note", placeholder="why, or what all of them missed")
-        submitted = st.form_submit_button("Submit vote", key="compare_submit_vote")
-    if submitted and pick is None:
-        st.error("Pick the best answer, or “tie”, or “all wrong”.")
-    elif submitted:
-        with user_errors(stop=True):
-            record_vote(db, question=shown.question, collection=shown.collection, model=shown.model, adapter=shown.adapter,
-                        settings=shown.settings, answers={a.variant: a.text for a in shown.answers},
-                        shown_order=shown.shown_order, choice=shown.variant_of(pick), note=note)
-        shown.choice = shown.variant_of(pick)
-        st.rerun()  # draw the answers again with their names, timings and passages
+        st.radio("Which answer is best?", [*shown.order, TIE, ALL_WRONG], index=None, horizontal=True, key="compare_choice")
+        st.text_input("Note (optional)", key="compare_note", placeholder="why, or what all of them missed")
+        st.form_submit_button("Submit vote", key="compare_submit_vote", on_click=submit_vote)
+    if error := st.session_state.pop(VOTE_ERROR, None):
+        st.error(error)
 if shown is not None and shown.blind and shown.choice is not None:
     st.success(f"Vote recorded: {choice_label(shown)}. {reveal_line(shown)}.")
 

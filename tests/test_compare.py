@@ -396,6 +396,9 @@ def test_blind_vote_is_recorded_then_the_labels_are_revealed(app, db, plant, ada
 
     at.run()  # the order survives a rerun
     assert at.session_state["compare_shown"].order == order
+    at.button(key="compare_submit_vote").click().run()  # no pick yet
+    assert [e.value for e in at.error] == ["Pick the best answer, or “tie”, or “all wrong”."]
+    assert len(list_votes(db)) == before and at.session_state["compare_shown"].order == order
     at.radio(key="compare_choice").set_value("B")
     at.text_input(key="compare_note").set_value("B cites the memo")
     at.button(key="compare_submit_vote").click().run()

@@ -79,6 +79,7 @@ def generation_settings(settings: Settings, max_new_tokens: int | None = None) -
         "top_p": settings.top_p,
         "rag_top_k": settings.rag_top_k,
         "rag_min_similarity": settings.rag_min_similarity,
+        "rag_prompt": settings.rag_prompt,
     }
 
 
