@@ -88,8 +88,7 @@ def job_view(db: Database, job_id: int, *, on_finish=None) -> None:
                      f"{last['tokens_per_second']:.0f} tokens/s" if last["tokens_per_second"] else None,
                      f"peak memory {last['memory_mb']:,.0f} MB" if last["memory_mb"] else None]
             st.caption(" · ".join(p for p in parts if p))
-        with st.expander("Log", expanded=current.status in ("running", "failed")):
-            st.code("\n".join(job_log_tail(db, job_id, 25)) or "(no output yet)", language=None)
+        st.code("\n".join(job_log_tail(db, job_id, 25)) or "(no output yet)", language=None)
 
     live()
     if job.status == "succeeded" and on_finish is not None:
