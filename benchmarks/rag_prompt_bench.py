@@ -27,38 +27,34 @@ from core.models.batch import generate_batch
 
 EXAM = Path(__file__).parent / "exam_data" / "exam.jsonl"
 
-CURRENT_SYSTEM = rag.SYSTEM_PROMPT
+CURRENT_SYSTEM = rag.RAG_PROMPTS["cite-or-unknown"]
 
 
 def _sources_block(sources) -> str:
     return "\n\n".join(rag._format_source(s) for s in sources)
 
 
-def style_current(question, sources):
+def style_current(question, sources, prompt=None):
     return [{"role": "system", "content": CURRENT_SYSTEM},
             {"role": "user", "content": f"Sources:\n\n{_sources_block(sources)}\n\nQuestion: {question}"}]
 
 
-SHORT_SYSTEM = (
-    "Answer the question in one or two sentences, using only the numbered sources. "
-    "Cite the source you use, like [1]. If the sources do not contain the answer, reply: "
-    "The documents do not say."
-)
+SHORT_SYSTEM = rag.RAG_PROMPTS["short-cited"]
 
 
-def style_short(question, sources):
+def style_short(question, sources, prompt=None):
     return [{"role": "system", "content": SHORT_SYSTEM},
             {"role": "user", "content": f"Sources:\n\n{_sources_block(sources)}\n\nQuestion: {question}"}]
 
 
-def style_sandwich(question, sources):
+def style_sandwich(question, sources, prompt=None):
     """The question before the passages and again after them, where a small model looks last."""
     return [{"role": "system", "content": SHORT_SYSTEM},
             {"role": "user", "content": f"Question: {question}\n\nSources:\n\n{_sources_block(sources)}\n\n"
                                         f"Answer the question \"{question}\" from the sources, in one or two sentences."}]
 
 
-def style_best_last(question, sources):
+def style_best_last(question, sources, prompt=None):
     """The best passage nearest the question (numbers kept, so citations still point right)."""
     return [{"role": "system", "content": SHORT_SYSTEM},
             {"role": "user", "content": f"Sources:\n\n{_sources_block(list(reversed(sources)))}\n\nQuestion: {question}"}]
