@@ -176,7 +176,5 @@ def test_choose_device_matches_this_machine():
     import torch
 
     device, dtype = choose_device()
-    if torch.cuda.is_available():
-        assert device == "cuda" and dtype in ("bfloat16", "float16")
-    else:
-        assert (device, dtype) == ("cpu", "float32")
+    expected = ("cuda", {"bfloat16", "float16"}) if torch.cuda.is_available() else ("cpu", {"float32"})
+    assert device == expected[0] and dtype in expected[1]

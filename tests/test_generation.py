@@ -82,7 +82,9 @@ def test_sampling_settings_are_accepted(tiny_llama):
 def test_model_is_loaded_once_per_process(tiny_llama):
     assert load_model(tiny_llama) is load_model(tiny_llama)
     loaded = load_model(tiny_llama)
-    assert (loaded.device, loaded.dtype) == ("cpu", "float32")
+    from core.models.device import choose_device
+
+    assert (loaded.device, loaded.dtype) == choose_device()
     assert loaded.memory_bytes > 0 and loaded.context_window == 512
 
 
