@@ -233,16 +233,24 @@ def _follow(job_id: int, out=None) -> int:
     import time
 
     from core.jobs.queue import get_job, job_log_since
-    from core.jobs.worker import ensure_local_worker
+    from core.jobs.worker import PROCESS_EXITED, ensure_local_worker
 
     db = _database()
     ensure_local_worker(db)
     last_id = 0
+    log_complete = False
+    drain_until = float("inf")
     while True:
         job = get_job(db, job_id)  # read before the lines: no line written before the ending is missed
+        if job.finished and drain_until == float("inf"):
+            drain_until = time.monotonic() + 10
         for line_id, line in job_log_since(db, job_id, last_id):
+            log_complete = log_complete or line.startswith(PROCESS_EXITED)
             print(line, file=out or sys.stdout, flush=True)
             last_id = line_id
+        if job.finished and job.attempts and not log_complete and time.monotonic() < drain_until:
+            time.sleep(0.3)  # it ran: its last lines are shipped by the worker just after the ending
+            continue
         if job.finished:
             print(f"Job {job_id} {job.status}." + (f" {job.error}" if job.error and job.status == "failed" else ""),
                   file=out or sys.stdout)

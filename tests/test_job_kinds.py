@@ -174,7 +174,9 @@ def test_cancelling_a_generation_saves_nothing(db, plant, clean_queue, tiny_llam
     worker.join(timeout=30)
     job = get_job(db, job.id)
     assert job.status == "cancelled", failure(db, job.id)
-    assert job.progress["done"] < 100 and dataset_rows(db) == before
+    # How far it got depends on the machine's speed (a fast one can read all 15 chunks before the cancel
+    # is seen): what must hold is the ending and that nothing was saved.
+    assert dataset_rows(db) == before
     assert "cancelled-qa" not in {d.name for d in list_datasets(db)}
 
 

@@ -116,6 +116,9 @@ def run_job_process(work: Callable[[JobContext], dict | None], argv: list[str] |
         return 4
     except BaseException as error:
         traceback.print_exc()
+        if get_job(db, job.id).cancel_requested:  # the user asked it to stop: that is how it ended
+            finish_job(db, job.id, owner, "cancelled", error="Cancelled by the user. Resume continues from what it saved.")
+            return 0
         reason = (explain or default_explanation)(error, run_dir)
         finish_job(db, job.id, owner, "failed", error=reason)
         return 1

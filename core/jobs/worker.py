@@ -40,6 +40,7 @@ from core.jobs.queue import (
 HEARTBEAT_SECONDS = 2.0
 CANCEL_GRACE_SECONDS = 7.0  # SIGTERM, then SIGKILL: a cancel always ends within 10 s
 WORKER_ALIVE_SECONDS = 15
+PROCESS_EXITED = "The job's process exited"
 
 
 def _die_with_parent() -> None:
@@ -123,6 +124,9 @@ def run_job(db: Database, job: Job, settings: Settings) -> str:
             _signal_group(process.pid, signal.SIGKILL)
             cancel_deadline = float("inf")
     shipper.ship(final=True)
+    # The last line of every attempt: a follower knows the log is complete (the process records
+    # its ending before the worker has shipped its final lines).
+    append_log(db, job.id, [f"{PROCESS_EXITED} (code {process.returncode})."], owner=job.owner)
 
     ended = get_job(db, job.id)
     if ended.status == "running" and ended.owner == job.owner:  # the process died without recording an ending
