@@ -480,8 +480,13 @@ def test_an_adapter_trained_on_the_exams_documents_or_questions_is_refused(db, f
     boiler, pump, fan = (document_id(db, fresh_plant, f"{n}.txt") for n in ("Boiler B2", "Pump P-1", "Fan F-3"))
     make_dataset(db, "leaky-docs", [("Q1?", "a", boiler), ("Q2?", "b", boiler), ("Q3?", "c", pump), ("Q4?", "d", fan)])
     make_dataset(db, "leaky-question", [("what does  PUMP p-1 move?", "Cooling water.", None), ("Other?", "x", fan)])
-    make_dataset(db, "clean", [("What does fan F-3 cool?", "The tower.", fan), ("Imported?", "yes", None)])
+    # a RAFT example asks the question after its passages (core.answers.rag.rag_messages)
+    make_dataset(db, "leaky-raft", [("Sources:\n\n[1] Fan F-3.txt\nThe fan cools the tower.\n\nQuestion: When does the "
+                                     "relief valve  open?", "At 3.5 bar.", fan)])
+    make_dataset(db, "clean", [("What does fan F-3 cool?", "The tower.", fan), ("Imported?", "yes", None),
+                               ("Sources:\n\n[1] Fan F-3.txt\nWhen does the relief valve open?\n\nQuestion: Why?", "x", fan)])
     make_adapter(db, tmp_path / "a", "on-exam-docs", "leaky-docs")
+    make_adapter(db, tmp_path / "r", "on-exam-raft", "leaky-raft")
     make_adapter(db, tmp_path / "b", "on-exam-question", "leaky-question")
     make_adapter(db, tmp_path / "c", "clean-adapter", "clean")
     make_adapter(db, tmp_path / "d", "from-elsewhere", None)
@@ -493,8 +498,10 @@ def test_an_adapter_trained_on_the_exams_documents_or_questions_is_refused(db, f
         "3 training examples come from 2 documents the exam asks about ('Boiler B2.txt', 'Pump P-1.txt').")
     with pytest.raises(ExamError, match=r"1 training example asks an exam question \(e.g. 'What does pump P-1 move\?'\)"):
         check_no_leakage(db, "leak-exam", "on-exam-question")
-    accepted = check_no_leakage(db, "leak-exam", "clean-adapter")
-    assert (accepted.verified, accepted.dataset, accepted.examples_checked) == (True, "clean", 2)
+    with pytest.raises(ExamError, match=r"1 training example asks an exam question \(e.g. 'When does the relief valve open\?'\)"):
+        check_no_leakage(db, "leak-exam", "on-exam-raft")
+    accepted = check_no_leakage(db, "leak-exam", "clean-adapter")  # an exam question inside a passage is not asked
+    assert (accepted.verified, accepted.dataset, accepted.examples_checked) == (True, "clean", 3)
     unverified = check_no_leakage(db, "leak-exam", "from-elsewhere")
     assert not unverified.verified and "has no training record" in unverified.note
     # a training set made again under the same name after the adapter was trained cannot vouch for it

@@ -690,9 +690,12 @@ def check_no_leakage(db: Database, exam_name: str, adapter_name: str) -> Leakage
         asked = connection.execute(
             sql("SELECT count(DISTINCT t.id) AS n, min(q.question) AS example FROM training_examples t "
                 "CROSS JOIN LATERAL jsonb_array_elements(t.messages) m "
-                "JOIN exam_questions q ON q.exam_id = :e AND lower(regexp_replace(btrim(q.question), '\\s+', ' ', 'g')) "
-                "   = lower(regexp_replace(btrim(m->>'content'), '\\s+', ' ', 'g')) "
-                "WHERE t.dataset_id = :d AND t.messages IS NOT NULL AND m->>'role' = 'user'"),
+                "CROSS JOIN LATERAL (SELECT lower(regexp_replace(btrim(m->>'content'), '\\s+', ' ', 'g')) AS said) u "
+                "JOIN exam_questions q ON q.exam_id = :e "
+                "CROSS JOIN LATERAL (SELECT lower(regexp_replace(btrim(q.question), '\\s+', ' ', 'g')) AS asked) a "
+                # a plain pair asks the question itself; a RAFT example ends its user turn with it
+                "WHERE t.dataset_id = :d AND t.messages IS NOT NULL AND m->>'role' = 'user' "
+                "  AND (u.said = a.asked OR right(u.said, length(a.asked) + 10) = 'question: ' || a.asked)"),
             {"d": dataset.id, "e": exam.id}).one()
     reasons = []
     if shared:
