@@ -70,6 +70,8 @@ def new_job() -> None:
                        f"({plan.examples} examples, {plan.mean_tokens:.0f} tokens on average).")
             if e.warning:
                 st.warning(e.warning)
+            if plan.length_warning:
+                st.warning(plan.length_warning)
             if st.button("Start", type="primary", key="ft_start", icon=":material/rocket_launch:"):
                 job = submit_job(db, adapter_name=adapter_name, dataset=dataset, base_model=base_model,
                                  method=method, settings=training_settings)

@@ -314,3 +314,27 @@ def test_the_training_data_page_generates_raft_from_a_chosen_dataset(db, plant, 
     wait_for(lambda: get_job(db, job.id).finished, timeout=300, message="the job to finish")
     assert get_job(db, job.id).status == "succeeded", failure(db, job.id)
     assert get_dataset(db, "page-raft").example_count > 0
+
+
+def test_the_fine_tune_plan_says_when_raft_examples_are_longer_than_the_max_sequence_length(db, plant, tiny_llama):
+    """RAFT examples carry their passages (often ~1,000 tokens): a max sequence length below that cuts
+    them, and one cut before its answer teaches nothing; the plan says so and how to fix it."""
+    from core.jobs.queue import JobError
+    from core.training.spec import PRESETS, with_overrides
+    from core.training.submit import plan_job
+
+    build_raft_dataset(db, "raft-long", from_dataset="plant-qa", collection=plant, distractors=3, seed=0,
+                       oracle_fraction=1.0, model_id=tiny_llama)
+    quick = PRESETS["quick CPU check"].settings
+    roomy = plan_job(db, dataset="raft-long", base_model=tiny_llama, method="lora",
+                     settings=with_overrides(quick, max_seq_length=512))
+    assert roomy.length_warning is None and roomy.lengths.cut == 0
+    longest = roomy.lengths.longest
+    tight = plan_job(db, dataset="raft-long", base_model=tiny_llama, method="lora",
+                     settings=with_overrides(quick, max_seq_length=longest - 1))
+    assert tight.lengths.cut >= 1 and tight.lengths.left_out == 0 and tight.examples == roomy.examples
+    assert f"(longest {longest:,} tokens) and are cut. Raise Max sequence length to {longest:,}" in tight.length_warning
+    with pytest.raises(JobError, match=r"No example of dataset 'raft-long' can be trained: \d+ of \d+ examples are longer "
+                                       r"than the max sequence length 16 .* lose their whole answer and are left out"):
+        plan_job(db, dataset="raft-long", base_model=tiny_llama, method="lora",
+                 settings=with_overrides(quick, max_seq_length=16))

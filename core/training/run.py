@@ -61,6 +61,10 @@ def train(context: JobContext) -> dict:
     trained = sum(sum(label != -100 for label in row["labels"]) for row in train_rows)
     print(f"Data: {len(train_rows)} training and {len(validation_rows)} validation examples, "
           f"{trained:,} answer tokens to learn per epoch.", flush=True)
+    cut = sum(len(row["input_ids"]) >= s.max_seq_length for row in train_rows)
+    if cut or len(train_rows) < len(train_examples):
+        print(f"Max sequence length {s.max_seq_length:,}: {cut} examples cut, "
+              f"{len(train_examples) - len(train_rows)} left out (cut before their answer).", flush=True)
 
     # --- model ------------------------------------------------------------------------------
     device, dtype_name = choose_device()

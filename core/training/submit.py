@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from core.config import Settings, get_settings
 from core.db import Database
+from core.formatting import plural
 from core.jobs.queue import Job, JobError, create_job, validate_adapter_name
 from core.models.adapters import adapter_exists
 from core.models.context import context_window
@@ -41,6 +42,32 @@ class JobPlan:
     examples: int
     mean_tokens: float
     estimate: Estimate
+    lengths: "Lengths | None" = None
+
+    @property
+    def length_warning(self) -> str | None:
+        return self.lengths.warning if self.lengths else None
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """How the dataset's examples fit max_seq_length: long ones are cut, and one cut before its answer
+    teaches nothing and is left out (RAFT examples with their passages often run to 1,000 tokens)."""
+
+    max_seq_length: int
+    examples: int  # in the training split
+    cut: int  # longer than max_seq_length
+    left_out: int  # cut before any answer token
+    longest: int
+
+    @property
+    def warning(self) -> str | None:
+        if not self.cut:
+            return None
+        lost = f"; {plural(self.left_out, 'example')} lose their whole answer and are left out" if self.left_out else ""
+        return (f"{self.cut:,} of {self.examples:,} examples are longer than the max sequence length "
+                f"{self.max_seq_length:,} (longest {self.longest:,} tokens) and are cut{lost}. Raise Max sequence "
+                f"length to {self.longest:,} to train on them whole (it costs memory and time).")
 
 
 def plan_job(db: Database, *, dataset: str, base_model: str, method: Method, settings: TrainingSettings,
@@ -71,23 +98,30 @@ def plan_job(db: Database, *, dataset: str, base_model: str, method: Method, set
             f"QLoRA on the CPU needs layers at least {FOUR_BIT_BLOCK} inputs wide (bitsandbytes quantizes blocks of "
             f"{FOUR_BIT_BLOCK} weights); {base_model} has layers only {shape.narrowest_linear_inputs} wide. Use LoRA for this model."
         )
-    examples, mean_tokens = _token_stats(db, dataset, path, settings.max_seq_length)
+    examples, mean_tokens, lengths = _token_stats(db, dataset, path, settings.max_seq_length)
     if examples == 0:
+        if lengths.examples:
+            raise JobError(f"No example of dataset {dataset!r} can be trained: {lengths.warning}")
         raise JobError(f"Dataset {dataset!r} has no training examples; import or generate some first.")
     estimate = estimate_job(shape, method, settings, examples=examples, mean_tokens=mean_tokens, device=device)
-    return JobPlan(dataset, examples, mean_tokens, estimate)
+    return JobPlan(dataset, examples, mean_tokens, estimate, lengths)
 
 
-def _token_stats(db: Database, dataset: str, model_path, max_length: int) -> tuple[int, float]:
-    """Training examples and their mean length in the base model's tokens (template included)."""
+def _token_stats(db: Database, dataset: str, model_path, max_length: int) -> tuple[int, float, Lengths]:
+    """Training examples kept, their mean length in the base model's tokens (template included, after
+    cutting), and how the examples fit `max_length`."""
     from transformers import AutoTokenizer
 
     from core.datasets import load_training_examples
-    from core.training.data import tokenize_examples
+    from core.training.data import IGNORE, tokenize_examples
 
     train, _validation = load_training_examples(db, dataset)
-    rows = tokenize_examples(AutoTokenizer.from_pretrained(model_path), train, max_length)
-    return len(rows), (sum(len(r["input_ids"]) for r in rows) / len(rows) if rows else 0.0)
+    whole = tokenize_examples(AutoTokenizer.from_pretrained(model_path), train, 1 << 30)
+    kept = [r for r in whole if any(label != IGNORE for label in r["labels"][:max_length])]
+    lengths = Lengths(max_length, len(whole), sum(len(r["input_ids"]) > max_length for r in whole),
+                      len(whole) - len(kept), max((len(r["input_ids"]) for r in whole), default=0))
+    mean = sum(min(len(r["input_ids"]), max_length) for r in kept) / len(kept) if kept else 0.0
+    return len(kept), mean, lengths
 
 
 def submit_job(db: Database, *, adapter_name: str, dataset: str, base_model: str, method: Method,
