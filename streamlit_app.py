@@ -1,12 +1,14 @@
-"""Expert Studio: navigation and the shared sidebar; every page lives in pages/."""
+"""Expert Studio: the login gate, navigation and the shared sidebar; every page lives in pages/."""
 
 import streamlit as st
 
+from core.ui.auth import check_access
 from core.ui.resources import database
 from core.ui.sidebar import render_sidebar
 
 st.set_page_config(page_title="Expert Studio", page_icon="🎓", layout="wide")
 
+access = check_access()  # who may see the pages: the listening address, the login, this session
 navigation = st.navigation(
     [
         st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -18,8 +20,10 @@ navigation = st.navigation(
         st.Page("pages/exams.py", title="Exams", icon=":material/quiz:"),
         st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
         st.Page("pages/advisor.py", title="Advisor", icon=":material/recommend:"),
-    ]
+    ],
+    position="sidebar" if access.admitted else "hidden",
 )
+access.enforce()  # the refusal or the login form instead of any page, unless admitted
 try:
     db = database()
 except Exception as error:  # the page must explain, not show a traceback

@@ -34,7 +34,9 @@ def _result(args, value, line: str) -> None:
 
 def _database():
     from core.db import open_database
+    from core.security.data_dir import protect_data_dir
 
+    protect_data_dir(get_settings().data_dir)
     return open_database(get_settings())
 
 
@@ -190,6 +192,7 @@ def cmd_ask(args) -> int:
 def cmd_models(args) -> int:
     from core.models.adapters import list_adapters
     from core.models.registry import PRESETS, model_is_available, prepare_bundled_model
+    from core.security.model_sources import model_roots
 
     if args.action == "prepare":
         print(f"Bundled model ready in {prepare_bundled_model()}")
@@ -203,7 +206,9 @@ def cmd_models(args) -> int:
         print(f"{'✓' if row['available'] else '·'} {row['model']:<40} {row['note']}")
     for adapter in adapters:
         print(f"  adapter {adapter['adapter']} (base {adapter['base_model']})")
-    print("✓ = loads offline here. Any Hugging Face id in the local cache or a model folder works too (--model).")
+    roots = ", ".join(str(root) for root in model_roots())
+    print(f"✓ = loads offline here. Any Hugging Face id in the local cache, or a model folder under {roots}, works too "
+          "(--model; EXPERT_STUDIO_MODEL_ROOTS adds folders).")
     return 0
 
 
@@ -675,6 +680,51 @@ def cmd_exams(args) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+def _read_new_password() -> str:
+    """From the terminal (typed twice, not echoed) or one line of standard input; never from the command line."""
+    import getpass
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Same password again: ") != password:
+            raise UserError("The two passwords differ; nothing was made.")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UserError("No password given: type one, or pipe it in on standard input.")
+    return password
+
+
+def cmd_auth(args) -> int:
+    from core.security.exposure import configured_address, describe_address, oidc_section_in_secrets, refusal_reason
+    from core.security.passwords import check_new_password, hash_password, parse_password_hash
+
+    if args.action == "hash-password":
+        password = _read_new_password()
+        check_new_password(password)
+        print(hash_password(password))
+        print("Set this as EXPERT_STUDIO_PASSWORD_HASH in the app's environment (or .env) and restart the app.",
+              file=sys.stderr)
+        return 0
+    settings = get_settings()
+    if settings.password_hash:
+        parse_password_hash(settings.password_hash)  # a broken hash is an error here, as in the app
+    address = args.address if args.address is not None else configured_address()
+    oidc = oidc_section_in_secrets()
+    reason = refusal_reason(address, password_configured=bool(settings.password_hash), oidc_configured=oidc,
+                            published_to_loopback_only=settings.published_to_loopback_only)
+    status = {"address": address, "reach": describe_address(address), "password": bool(settings.password_hash),
+              "openid_connect": oidc, "published_to_loopback_only": settings.published_to_loopback_only,
+              "serves": reason is None, "refusal": reason}
+    if args.json:
+        _print_json(status)
+    else:
+        print(f"Listens on {status['reach']}. Password login: {'on' if status['password'] else 'off'}. "
+              f"OpenID Connect login: {'on' if oidc else 'off'}.")
+        print(reason or "The app serves its pages.")
+    return 0 if reason is None else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from core.documents.search import SEARCH_MODES
 
@@ -708,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     collections = commands.add_parser("collections", help="list, create, delete or re-embed collections")
     collections.add_argument("action", choices=("list", "create", "delete", "reembed"))
     collections.add_argument("name", nargs="?")
-    collections.add_argument("--embedding-model", help="sentence-transformers id or folder")
+    collections.add_argument("--embedding-model", help="sentence-transformers id, or a folder under the model roots")
     collections.add_argument("--chunk-tokens", type=int)
     collections.add_argument("--chunk-overlap", type=int)
     collections.add_argument("--yes", action="store_true", help="confirm delete")
@@ -721,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--collection", "-c", default=DEFAULT_COLLECTION)
     ask.add_argument("--no-rag", action="store_true", help="the model alone, without retrieved passages")
     ask.add_argument("--adapter", help="a fine-tuned LoRA adapter by name (python -m core models list)")
-    ask.add_argument("--model", help="model id or folder (default: the configured language model)")
+    ask.add_argument("--model", help="model id, or a folder under the model roots (default: the configured language model)")
     ask.add_argument("--max-new-tokens", type=int)
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--top-p", type=float)
@@ -806,7 +856,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapters.add_argument("action", choices=("list", "import", "export", "merge", "delete"))
     adapters.add_argument("name", nargs="?", metavar="NAME", help="the adapter (import: the PEFT folder to import)")
     adapters.add_argument("--name", dest="as_name", help="import: the adapter's name (default: the folder's name)")
-    adapters.add_argument("--output", help="export: zip path; merge: output folder")
+    adapters.add_argument("--output", help="export: zip path; merge: output folder (new, empty, or one a merge "
+                          "exported before; it is replaced whole)")
     adapters.add_argument("--no-wait", action="store_true", help="merge: queue the job and return at once")
     adapters.add_argument("--json", action="store_true")
     adapters.set_defaults(handler=cmd_adapters)
@@ -815,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("question")
     compare.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="the RAG variants answer from it")
     compare.add_argument("--adapter", help="the fine-tuned variants' adapter (python -m core adapters list)")
-    compare.add_argument("--model", help="base model id or folder (default: the configured language model)")
+    compare.add_argument("--model", help="base model id, or a folder under the model roots (default: the configured language model)")
     compare.add_argument("--variants", help="comma-separated, from base,rag,ft,rag+ft (default: all four with --adapter, "
                                             "else base,rag)")
     compare.add_argument("--max-new-tokens", type=int)
@@ -865,6 +916,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--csv", metavar="FILE", help="show: also write one row per answer to FILE")
     evaluation.add_argument("--json", action="store_true")
     evaluation.set_defaults(handler=cmd_eval)
+
+    auth = commands.add_parser("auth", help="who may reach the app: make a password hash, or check the configuration",
+                               description="auth hash-password: read a password (typed, or one line on stdin) and "
+                                           "print its hash for EXPERT_STUDIO_PASSWORD_HASH. auth status [--address A]: "
+                                           "whether the app would serve on its address with the login configured.")
+    auth.add_argument("action", choices=("hash-password", "status"))
+    auth.add_argument("--address", help="status: judge this server.address instead of .streamlit/config.toml's")
+    auth.add_argument("--json", action="store_true")
+    auth.set_defaults(handler=cmd_auth)
 
     db = commands.add_parser("db", help="migrate the database and show where it is")
     db.add_argument("action", choices=("upgrade", "info"))

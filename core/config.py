@@ -5,12 +5,14 @@ Every setting has a default that works offline on a laptop: no variable needs to
 
 from __future__ import annotations
 
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -32,7 +34,8 @@ class Settings(BaseSettings):
     )
     language_model: str = Field(
         default="HuggingFaceTB/SmolLM2-135M-Instruct",
-        description="Language model for answers: the bundled SmolLM2, a Hugging Face id in the local cache, or a folder.",
+        description="Language model for answers: the bundled SmolLM2, a Hugging Face id in the local cache, or a folder "
+        "under the model roots.",
     )
     load_in_4bit: bool = Field(default=False, description="Load the language model in 4-bit (bitsandbytes NF4).")
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Longest answer, in tokens.")
@@ -55,11 +58,37 @@ class Settings(BaseSettings):
     )
     embedding_model: str = Field(
         default=DEFAULT_EMBEDDING_MODEL,
-        description="Embedding model for new collections: a sentence-transformers id or a local folder.",
+        description="Embedding model for new collections: a sentence-transformers id or a folder under the model roots.",
+    )
+    # Which models may be loaded, and how many stay in memory (core/security/model_sources.py, core/models/loading.py).
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders besides models_dir that models may be loaded from (separated by the path separator, "
+        "':' on Linux, or a JSON list). A model folder anywhere else is refused.",
+    )
+    max_loaded_language_models: int = Field(
+        default=2, ge=1, le=64, description="Language models kept in memory per process; the least recently used one goes first."
+    )
+    max_loaded_embedding_models: int = Field(
+        default=2, ge=1, le=64, description="Embedding models kept in memory per process; the least recently used one goes first."
     )
     chunk_tokens: int = Field(default=200, ge=16, le=8192, description="Default chunk size, in tokens.")
     chunk_overlap: int = Field(default=40, ge=0, le=4096, description="Default overlap between chunks, in tokens.")
-    max_upload_mb: float = Field(default=50.0, gt=0, description="Largest file accepted for ingestion, in MB.")
+    max_upload_mb: float = Field(
+        default=50.0,
+        gt=0,
+        description="Largest document or training file accepted, in MB; checked before the file is read. "
+        "Streamlit's own upload limit (.streamlit/config.toml maxUploadSize) must be raised with it.",
+    )
+    parse_timeout_s: float = Field(
+        default=60.0, gt=0, description="Longest time reading (parsing) one document may take before it is stopped."
+    )
+    parse_memory_mb: int = Field(
+        default=1024,
+        ge=64,
+        description="Memory reading one document may use (the parser's child process; a DOCX may not expand to more).",
+    )
+    max_pdf_pages: int = Field(default=2000, ge=1, description="PDFs with more pages than this are refused; split them.")
     max_query_chars: int = Field(default=2000, gt=0, description="Longest search query accepted, in characters.")
     search_candidates: int = Field(default=100, ge=1, description="Candidates each side of hybrid search ranks before fusion.")
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal rank fusion constant: score = sum of 1 / (rrf_k + rank).")
@@ -70,6 +99,36 @@ class Settings(BaseSettings):
     embed_group_chunks: int = Field(
         default=512, ge=1, description="Chunks of several files embedded together in one length-sorted pass while ingesting."
     )
+    # Who may reach the app (core/security, docs/security.md).
+    password_hash: str | None = Field(
+        default=None,
+        description="scrypt hash of the team password (python -m core auth hash-password); set: every page asks for it.",
+    )
+    login_delay_seconds: float = Field(
+        default=1.0, ge=0.0, le=60.0, description="Wait after the first wrong password; it doubles with each further one."
+    )
+    login_max_delay_seconds: float = Field(
+        default=60.0, ge=0.0, le=3600.0, description="Longest wait after a wrong password."
+    )
+    published_to_loopback_only: bool = Field(
+        default=False,
+        description="The operator states that the port the app listens on is published to the host's 127.0.0.1 only "
+        "(a container listening on 0.0.0.0 behind `127.0.0.1:8501:8501`), so no login is needed.",
+    )
+    allowed_users: str = Field(
+        default="",
+        description="With OpenID Connect login: comma-separated e-mail addresses or @domains that may enter "
+        "(empty: anyone the provider signs in).",
+    )
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_model_roots(cls, value):
+        """EXPERT_STUDIO_MODEL_ROOTS as a shell user writes PATH-like lists, or as JSON."""
+        if isinstance(value, str):
+            value = value.strip()
+            return json.loads(value) if value.startswith("[") else [part for part in value.split(os.pathsep) if part.strip()]
+        return value
 
     @property
     def embedded_database_dir(self) -> Path:

@@ -4,9 +4,12 @@ import streamlit as st
 
 from core.evaluation.advisor import advise, scored_exams
 from core.ui.advisor import advisor_questions, render_advice
+from core.ui.auth import require_access
 from core.ui.errors import user_errors
 from core.ui.guide import page_link
 from core.ui.resources import database
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 db = database()
 st.title("Advisor")

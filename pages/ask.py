@@ -7,9 +7,13 @@ from core.config import get_settings
 from core.documents.library import list_collections
 from core.models import NO_ADAPTER, PRESETS
 from core.models.adapters import list_adapters
-from core.ui.answers import link_citations, render_answer, render_sources, timings_line
+from core.ui.answers import answer_caption, answer_markdown, render_answer, render_sources
+from core.ui.auth import require_access
 from core.ui.errors import user_errors
 from core.ui.resources import database, language_model
+from core.ui.safe_text import literal, safe_markdown, stream_markdown
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 OTHER_MODEL = "Other (Hugging Face id or folder)…"
 
@@ -40,11 +44,11 @@ with st.expander("Model and generation settings"):
 
 with user_errors(stop=True):
     loaded = language_model(model_id, four_bit)
-st.caption(f"Model: {loaded.description} · context window {loaded.context_window:,} tokens")
+st.caption(f"Model: {literal(loaded.description)} · context window {loaded.context_window:,} tokens")
 
 history = st.session_state.setdefault("ask_history", [])
 for turn, (question, answer) in enumerate(history):
-    st.chat_message("user").write(question)
+    st.chat_message("user").markdown(safe_markdown(question))
     with st.chat_message("assistant"):
         render_answer(answer, turn)
 
@@ -55,7 +59,7 @@ if history and st.button("Clear conversation", key="ask_clear"):
 question = st.chat_input("Ask a question about your documents", key="ask_question")
 if question:
     turn = len(history)
-    st.chat_message("user").write(question)
+    st.chat_message("user").markdown(safe_markdown(question))
     with st.chat_message("assistant"):
         with user_errors(stop=True):
             answer = ask(db, question, collection=collection if collections else None, use_rag=use_rag, adapter=adapter,
@@ -66,11 +70,9 @@ if question:
             with sources_panel.container():
                 render_sources(answer.sources, turn, cited=[])
         with text_column:
-            streamed = st.empty()
-            with streamed:
-                st.write_stream(answer.stream())
-            streamed.markdown(link_citations(answer.text, turn, len(answer.sources)))
-            st.caption(f"{answer.model} · adapter: {answer.adapter} · {timings_line(answer.timings)}")
+            # Made safe at every update: a half-written answer must not load an image either.
+            stream_markdown(st.empty(), answer.stream(), lambda _: answer_markdown(answer.text, turn, len(answer.sources)))
+            st.caption(answer_caption(answer))
         if sources_panel is not None and answer.cited:  # mark what the answer actually cited
             with sources_panel.container():
                 render_sources(answer.sources, turn, cited=answer.cited)

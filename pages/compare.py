@@ -13,9 +13,13 @@ from core.evaluation.stats import ALL_WRONG, TIE
 from core.evaluation.votes import record_vote, vote_ranking
 from core.models import NO_ADAPTER, PRESETS
 from core.models.adapters import list_adapters
+from core.ui.auth import require_access
 from core.ui.compare import ShownComparison, choice_label, render_comparison, render_ranking, reveal_line
 from core.ui.errors import user_errors
 from core.ui.resources import database
+from core.ui.safe_text import literal
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 OTHER_MODEL = "Other (Hugging Face id or folder)…"
 SHOWN = "compare_shown"
@@ -98,6 +102,6 @@ if shown is not None and shown.blind and shown.choice is not None:
 
 st.subheader("Ranking from the votes")
 model_for_ranking = shown.model if shown is not None else model_id
-st.caption(f"Bradley–Terry strengths (ties allowed) with bootstrap 95% intervals, from the blind votes on {model_for_ranking}.")
+st.caption(f"Bradley–Terry strengths (ties allowed) with bootstrap 95% intervals, from the blind votes on {literal(model_for_ranking)}.")
 render_ranking(vote_ranking(db, model=model_for_ranking))
 st.page_link("pages/ask.py", label="Ask one question with one variant", icon=":material/forum:")

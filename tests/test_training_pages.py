@@ -14,6 +14,7 @@ from training_helpers import make_dataset, wait_for
 from core.datasets import get_dataset
 from core.jobs.queue import get_job, list_jobs
 from core.models.adapters import list_adapters
+from core.models.device import choose_device
 
 APP = "../streamlit_app.py"
 
@@ -78,7 +79,8 @@ def test_start_a_job_watch_it_and_find_the_adapter(db, tiny_llama, stop_workers)
     at.text_input(key="ft_model_other").set_value(tiny_llama)
     at.radio(key="ft_preset").set_value("quick CPU check").run()
     assert not at.exception and not at.error
-    assert any(c.value.startswith("Estimate: 10 steps on the cpu") for c in at.caption)
+    device, _ = choose_device()  # the cpu here, cuda on a GPU machine
+    assert any(c.value.startswith(f"Estimate: 10 steps on the {device}") for c in at.caption)
     at.text_input(key="ft_adapter_name").set_value("page-adapter")
     at.button(key="ft_start").click().run()
     assert not at.exception and not at.error

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from core.config import get_settings
 from core.datasets.errors import DatasetError
+from core.formatting import human_size
 from core.text import decode_bytes
 
 FileType = Literal["jsonl", "json", "csv"]
@@ -26,9 +28,13 @@ class Record:
     problem: str | None = None
 
 
-def read_records(filename: str, data: bytes) -> tuple[FileType, str, list[str], list[Record]]:
+def read_records(
+    filename: str, data: bytes, *, max_bytes: int | None = None
+) -> tuple[FileType, str, list[str], list[Record]]:
     """(file type, encoding, column names in order of appearance, records); raises DatasetError for
-    a file that is unusable as a whole."""
+    a file that is unusable as a whole, first of all one over `max_bytes` (default: the upload limit,
+    EXPERT_STUDIO_MAX_UPLOAD_MB)."""
+    check_size(filename, len(data), max_bytes)
     text, encoding = decode(filename, data)
     file_type = file_type_of(filename, text)
     columns, records = _READERS[file_type](filename, text)
@@ -40,12 +46,34 @@ def read_records(filename: str, data: bytes) -> tuple[FileType, str, list[str], 
 # --- bytes to text ----------------------------------------------------------------------------
 
 
-def read_file(path: Path) -> bytes:
-    """The bytes of a training file on disk (the CLI's import); a missing or unreadable one raises DatasetError."""
+def upload_limit_bytes() -> int:
+    """The largest training file accepted: the same limit as documents (EXPERT_STUDIO_MAX_UPLOAD_MB)."""
+    return int(get_settings().max_upload_mb * 2**20)
+
+
+_SPLIT = "Split it into smaller files, or raise EXPERT_STUDIO_MAX_UPLOAD_MB."
+
+
+def check_size(filename: str, size: int, max_bytes: int | None = None, kind: str = "training file",
+               advice: str = _SPLIT) -> None:
+    """DatasetError naming the file and the limit when `size` is over it (default: upload_limit_bytes)."""
+    limit = upload_limit_bytes() if max_bytes is None else max_bytes
+    if size > limit:
+        raise DatasetError(f"{filename} is {human_size(size)}; {kind}s are at most {human_size(limit)}. {advice}")
+
+
+def read_file(path: Path, *, max_bytes: int | None = None, kind: str = "training file", advice: str = _SPLIT) -> bytes:
+    """The bytes of a training file on disk (the CLI's import); a missing or unreadable one raises DatasetError,
+    and so does one over `max_bytes` (default: upload_limit_bytes), by its size on disk before it is read."""
     if path.is_dir():
         raise DatasetError(f"{path} is a folder: name one JSONL, JSON or CSV file.")
+    limit = upload_limit_bytes() if max_bytes is None else max_bytes
     try:
-        return path.read_bytes()
+        check_size(path.name, path.stat().st_size, max_bytes, kind, advice)
+        with path.open("rb") as file:
+            data = file.read(limit + 1)  # no further, should it grow after the check
+        check_size(path.name, len(data), max_bytes, kind, advice)
+        return data
     except FileNotFoundError:
         raise DatasetError(f"{path}: no such file. Check the path and the current folder.") from None
     except OSError as error:

@@ -41,6 +41,7 @@ EXAMPLE_WORDS = ("honey", "bacteria")
 
 DEFAULT_QA_CHUNKS = 50
 DEFAULT_QA_NEW_TOKENS = 160
+GREEDY_BATCH = 8  # chunks whose greedy replies are generated together (what an evaluation run uses)
 
 # Why a reply gave no pair, as the report words it.
 NO_PAIR = "no 'Question: … Answer: …' in the reply"
@@ -124,18 +125,21 @@ def generate_qa_dataset(
     dropped: dict[str, int] = {}
     unparsed: list[str] = []
     questions: set[str] = set()
-    for done, chunk in enumerate(chunks, start=1):
-        pair, reason, reply = _ask_for_pair(loaded, chunk, questions, max_new_tokens, temperature)
-        if pair is None:
-            dropped[reason] = dropped.get(reason, 0) + 1
-            if reason == NO_PAIR and len(unparsed) < 3:
-                unparsed.append(reply[:300])
-        else:
-            questions.add(pair.question.lower())
-            examples.append(NewExample(messages=[{"role": "user", "content": pair.question},
-                                                 {"role": "assistant", "content": pair.answer}],
-                                       document_id=chunk.document_id, chunk_id=chunk.id))
-        report(done / len(chunks))
+    group = GREEDY_BATCH if temperature == 0 else 1
+    for start in range(0, len(chunks), group):
+        batch = chunks[start:start + group]
+        for done, (chunk, (pair, reason, reply)) in enumerate(
+                zip(batch, _ask_for_pairs(loaded, batch, questions, max_new_tokens, temperature), strict=True),
+                start=start + 1):
+            if pair is None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                if reason == NO_PAIR and len(unparsed) < 3:
+                    unparsed.append(reply[:300])
+            else:
+                examples.append(NewExample(messages=[{"role": "user", "content": pair.question},
+                                                     {"role": "assistant", "content": pair.answer}],
+                                           document_id=chunk.document_id, chunk_id=chunk.id))
+            report(done / len(chunks))
     if not examples:
         first = f" Its first reply began: {unparsed[0][:200]!r}." if unparsed else ""
         raise DatasetError(
@@ -148,20 +152,44 @@ def generate_qa_dataset(
     return GenerationReport(dataset, len(chunks), len(examples), dropped, unparsed, time.perf_counter() - started, excluded)
 
 
-def _ask_for_pair(loaded, chunk: ChunkText, questions: set[str], max_new_tokens: int,
-                  temperature: float) -> tuple[QAPair | None, str, str]:
-    """(pair or None, why there is none, the model's reply) for one chunk."""
-    from core.models import stream_chat
+def _ask_for_pairs(loaded, chunks: list[ChunkText], questions: set[str], max_new_tokens: int,
+                   temperature: float) -> list[tuple[QAPair | None, str, str]]:
+    """(pair or None, why there is none, the model's reply) for each chunk, judged in order (a pair's
+    question joins `questions`). Greedy replies come from one batched generation (left-padded, one
+    forward pass per token for all: ~3x faster on a CPU, the same text as one by one); sampled ones
+    one by one."""
+    prompts = [fit_qa_prompt(loaded, chunk, loaded.context_window - max_new_tokens) for chunk in chunks]
+    replies = iter(_write_replies(loaded, [p for p in prompts if p is not None], max_new_tokens, temperature))
+    results = []
+    for chunk, prompt in zip(chunks, prompts, strict=True):
+        if prompt is None:
+            results.append((None, TOO_LONG, ""))
+            continue
+        reply, cut_off = next(replies)
+        pair, reason = judge_reply(reply, chunk, questions, cut_off=cut_off)
+        if pair is not None:
+            questions.add(pair.question.lower())
+        results.append((pair, reason, reply))
+    return results
 
-    messages = fit_qa_prompt(loaded, chunk, loaded.context_window - max_new_tokens)
-    if messages is None:
-        return None, TOO_LONG, ""
-    generation = stream_chat(loaded, messages, max_new_tokens=max_new_tokens, temperature=temperature)
-    for _ in generation:
-        pass
-    reply = generation.text
-    pair, reason = judge_reply(reply, chunk, questions, cut_off=generation.stats.stopped_by == "max new tokens")
-    return pair, reason, reply
+
+def _write_replies(loaded, prompts: list[list[dict]], max_new_tokens: int, temperature: float) -> list[tuple[str, bool]]:
+    """(reply, whether it hit the new-token limit) per prompt."""
+    from core.models import stream_chat
+    from core.models.batch import generate_batch
+
+    if not prompts:
+        return []
+    if temperature == 0:
+        return [(answer.text, answer.stopped_by == "max new tokens")
+                for answer in generate_batch(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts))]
+    replies = []
+    for messages in prompts:
+        generation = stream_chat(loaded, messages, max_new_tokens=max_new_tokens, temperature=temperature)
+        for _ in generation:
+            pass
+        replies.append((generation.text, generation.stats.stopped_by == "max new tokens"))
+    return replies
 
 
 def judge_reply(reply: str, chunk: ChunkText, questions: set[str], *, cut_off: bool) -> tuple[QAPair | None, str]:

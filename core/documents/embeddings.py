@@ -2,24 +2,66 @@
 
 A collection records the model name and dimension it was built with; `load_embedder(name)` is
 the one way to get the model back, so a query is always embedded like the chunks it searches.
+Only the bundled model, hub ids in the local cache and folders under the model roots load
+(core.security.model_sources); a few models stay in memory, the least recently used leaving first.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from core.config import DEFAULT_EMBEDDING_MODEL
+from core.config import DEFAULT_EMBEDDING_MODEL, Settings, get_settings
 from core.errors import UserError
+from core.security.model_sources import locate_model
 
 # Nothing may download weights at run time: the hub is only read from the local cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# This is the lowest layer that imports the ML stack, so the rule on bitsandbytes lives here too
+# (core.models.device and core.training use it).
+_bitsandbytes_lock = threading.RLock()
+
+
+@contextmanager
+def bitsandbytes_deferred() -> Iterator[None]:
+    """Keep bitsandbytes out while the ML stack imports or builds LoRA layers: peft imports it on its own
+    import (peft.helpers) and whenever it wraps a model in LoRA, and sentence-transformers and transformers'
+    Trainer import peft. Importing it takes seconds and, on CPUs with AVX512-BF16, prints a warning about
+    the optional `kernels` package. Only 4-bit models need it (`import_bitsandbytes`, which still works
+    afterwards; a model already in 4 bits means it is loaded, and then this does nothing)."""
+    with _bitsandbytes_lock:
+        if "bitsandbytes" in sys.modules:  # already loaded for 4 bits, or deferred further up this thread
+            yield
+            return
+        sys.modules["bitsandbytes"] = None  # `import bitsandbytes` raises ImportError, which peft handles
+        try:
+            yield
+        finally:
+            if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+                del sys.modules["bitsandbytes"]
+            # peft caches whether bitsandbytes exists: what it saw meanwhile must not outlive the deferral.
+            peft_checks = sys.modules.get("peft.import_utils")
+            for check in ("is_bnb_available", "is_bnb_4bit_available"):
+                getattr(getattr(peft_checks, check, None), "cache_clear", lambda: None)()
+
+
+def import_bitsandbytes():
+    """bitsandbytes, for 4-bit loading: waits while another thread imports the ML stack without it."""
+    with _bitsandbytes_lock:
+        import bitsandbytes
+
+    return bitsandbytes
 
 
 class EmbeddingModelError(UserError):
@@ -77,36 +119,57 @@ class Embedder:
         return vectors.astype(np.float32, copy=False)
 
 
-def resolve_model_path(name: str) -> str:
-    """A bundled id, a local folder, or a hub id already in the local cache."""
-    if name in BUNDLED_MODELS:
-        return str(BUNDLED_MODELS[name]())
-    return name
+def _bundled_folders() -> list[Path]:
+    """The bundled model's own folder is allowed as it is (a re-embedded collection may name it)."""
+    try:
+        return [_bundled_minilm()]
+    except ImportError:
+        return []
+
+
+def resolve_model_path(name: str, settings: Settings | None = None) -> str:
+    """A bundled id, a hub id already in the local cache, or a folder under the model roots; else
+    EmbeddingModelError, worded the same whether or not a refused path exists."""
+    return str(locate_model(name, settings=settings, presets=BUNDLED_MODELS, extra_roots=_bundled_folders(),
+                            error=EmbeddingModelError))
 
 
 _lock = threading.Lock()
-_loaded: dict[str, Embedder] = {}
+_loaded: OrderedDict[str, Embedder] = OrderedDict()  # least recently used first
 
 
-def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL) -> Embedder:
-    """Load `name` once per process (the app's threads, the CLI and tests share it)."""
+def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, *, settings: Settings | None = None) -> Embedder:
+    """Load `name` once per process (the app's threads, the CLI and tests share it). At most
+    `max_loaded_embedding_models` stay loaded; the least recently used one is dropped first."""
+    settings = settings or get_settings()
     with _lock:
-        if name not in _loaded:
-            _loaded[name] = Embedder(name=name, model=_load_sentence_transformer(name))
+        if name in _loaded:
+            _loaded.move_to_end(name)
+            return _loaded[name]
+        path = resolve_model_path(name, settings)  # refused names never evict anything
+        _evict(keep=settings.max_loaded_embedding_models - 1)
+        _loaded[name] = Embedder(name=name, model=_load_sentence_transformer(name, path))
         return _loaded[name]
 
 
-def _load_sentence_transformer(name: str):
-    from sentence_transformers import SentenceTransformer
+def _evict(keep: int) -> None:
+    """Drop the least recently used models until `keep` are left; their memory goes back (CPU models)."""
+    if len(_loaded) <= keep:
+        return
+    while len(_loaded) > keep:
+        _loaded.popitem(last=False)
+    gc.collect()
 
-    path = resolve_model_path(name)
-    if Path(path).exists() and not Path(path).is_dir():
-        raise EmbeddingModelError(f"Embedding model {name!r} is a file; give the folder that holds the model.")
+
+def _load_sentence_transformer(name: str, path: str):
+    with bitsandbytes_deferred():
+        from sentence_transformers import SentenceTransformer
+
     try:
         return SentenceTransformer(path, device="cpu", local_files_only=True)
     except Exception as error:  # the libraries raise OSError, ValueError, HFValidationError...
         raise EmbeddingModelError(
             f"Embedding model {name!r} could not be loaded offline ({type(error).__name__}: {error}). "
-            "Use the bundled 'sentence-transformers/all-MiniLM-L6-v2', a local folder with a "
-            "sentence-transformers model, or a hub id already in the Hugging Face cache."
+            "Use the bundled 'sentence-transformers/all-MiniLM-L6-v2', a folder with a sentence-transformers "
+            "model under the model roots, or a hub id already in the Hugging Face cache."
         ) from error

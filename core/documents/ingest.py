@@ -7,6 +7,10 @@ made ingestion 1.4× slower than embedding alone (docs/benchmarks.md). Each file
 stored in its own transaction, so a file that fails leaves no trace (no document row, no
 chunks) and the other files of the same upload go on. Progress is reported per file and stage
 so a page can draw a bar per file.
+
+Files come from outside: a file on disk is refused by its size before it is read, and every file
+is parsed in a child process with a time and a memory limit (core/documents/sandbox.py), so a
+hostile one costs at most those limits and a message naming it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,7 +35,8 @@ from core.documents.chunking import ChunkDraft, chunk_document
 from core.documents.embeddings import Embedder, EmbeddingModelError, load_embedder
 from core.documents.errors import IngestError
 from core.documents.library import CollectionInfo, LibraryError, get_collection
-from core.documents.parsing import ParsedDocument, file_type_of, parse_document, safe_filename
+from core.documents.parsing import ParsedDocument, display_name, file_type_of, safe_filename
+from core.documents.sandbox import parse_untrusted
 from core.documents.search import copy_chunks
 
 Status = Literal["added", "replaced", "skipped", "failed"]
@@ -38,8 +44,9 @@ Stage = Literal["parse", "chunk", "embed", "store", "done"]
 ProgressCallback = Callable[[Stage, float], None]
 # Progress of several files: the position of the file in the input, its stage, the fraction done.
 FileProgressCallback = Callable[[int, Stage, float], None]
-# A file to ingest: its name and its bytes, or a function that reads them when their turn comes.
-FileInput = tuple[str, "bytes | Callable[[], bytes]"]
+# A file to ingest: its name and its bytes, a function that reads them when their turn comes, or
+# its path on disk (its size is checked with stat() before it is read).
+FileInput = tuple[str, "bytes | Callable[[], bytes] | Path"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +116,7 @@ def ingest_files(
         try:
             name = safe_filename(filename)
         except IngestError as error:
-            prepared: _Prepared | IngestOutcome = _failure(filename or "(no name)", error)
+            prepared: _Prepared | IngestOutcome = _failure(display_name(filename) or "(no name)", error)
         else:
             if any(p.filename == name for p in group):
                 flush()  # the same name twice in one upload: store the first before checking the second
@@ -161,7 +168,7 @@ def ingest_paths(
     return ingest_files(
         db,
         collection,
-        ((path.name, path.read_bytes) for path in _expand(paths)),
+        ((path.name, path) for path in _expand(paths)),
         replace=replace,
         progress=progress,
         settings=settings,
@@ -172,22 +179,20 @@ def _prepare(
     db: Database,
     collection_name: str,
     filename: str,
-    data: bytes | Callable[[], bytes],
+    data: bytes | Callable[[], bytes] | Path,
     replace: bool,
     report: ProgressCallback,
     settings: Settings,
 ) -> _Prepared | IngestOutcome:
     """Check, parse and chunk one file; an outcome instead when it is skipped."""
     file_type_of(filename)  # unsupported types fail before any work
-    if callable(data):
-        data = _read(filename, data)
     limit = int(settings.max_upload_mb * 1024 * 1024)
+    if isinstance(data, Path):
+        data = _read_path(filename, data, limit, settings)
+    elif callable(data):
+        data = _read(filename, data)
     if len(data) > limit:
-        raise IngestError(
-            filename,
-            f"is {len(data) / 1024 / 1024:.1f} MB, over the {settings.max_upload_mb:g} MB limit.",
-            "Split it into smaller files, or raise EXPERT_STUDIO_MAX_UPLOAD_MB.",
-        )
+        raise _too_large(filename, len(data), settings)
     collection = get_collection(db, collection_name)
     sha256 = hashlib.sha256(data).hexdigest()
     with db.engine.connect() as connection:
@@ -213,7 +218,7 @@ def _prepare(
         )
 
     report("parse", 0.0)
-    parsed = parse_document(filename, data)
+    parsed = parse_untrusted(filename, data, settings)  # in a child process, with time and memory limits
     report("chunk", _STAGE_END["parse"])
     embedder = load_embedder(collection.embedding_model)
     chunks = chunk_document(parsed, embedder.tokenizer, collection.chunk_tokens, collection.chunk_overlap)
@@ -234,6 +239,32 @@ def _guarded(progress: FileProgressCallback | None) -> FileProgressCallback:
             logger.warning("Ingestion progress callback failed", exc_info=True)
 
     return report
+
+
+def _too_large(filename: str, size: int, settings: Settings) -> IngestError:
+    return IngestError(
+        filename,
+        f"is {size / 1024 / 1024:.1f} MB, over the {settings.max_upload_mb:g} MB limit.",
+        "Split it into smaller files, or raise EXPERT_STUDIO_MAX_UPLOAD_MB.",
+    )
+
+
+def _read_path(filename: str, path: Path, limit: int, settings: Settings) -> bytes:
+    """A file's bytes, refused by its size on disk before any byte is read (and read no further
+    than the limit, should it grow meanwhile)."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise _too_large(filename, size, settings)
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+            if len(data) > limit:
+                raise _too_large(filename, os.fstat(file.fileno()).st_size, settings)
+    except OSError as error:
+        raise IngestError(
+            filename, f"cannot be read ({error.strerror or error}).", "Check the file and its permissions."
+        ) from error
+    return data
 
 
 def _read(filename: str, read: Callable[[], bytes]) -> bytes:
@@ -274,7 +305,7 @@ def _embed_and_store(
     for prepared in embedded:
         report(prepared.index, "store", _STAGE_END["embed"])
         try:
-            outcome = _store(db, collection, prepared, replace)
+            outcome = _store_with_current_model(db, collection, prepared, replace, report, settings)
         except Exception as error:
             outcome = _failure(prepared.filename, error)
         report(prepared.index, "done", 1.0)
@@ -312,21 +343,63 @@ def _embed_group(embedder: Embedder, group: list[_Prepared], batch_size: int, re
         offset += len(prepared.chunks)
 
 
+# How often a file is embedded again because the collection switched models meanwhile, before giving up.
+_STORE_ATTEMPTS = 3
+
+
+class _ModelChanged(Exception):
+    """The collection was re-embedded after the file's chunks were embedded; nothing was stored."""
+
+    def __init__(self, model: str):
+        self.model = model
+
+
+def _store_with_current_model(
+    db: Database, collection: CollectionInfo, prepared: _Prepared, replace: bool, report: FileProgressCallback,
+    settings: Settings,
+) -> IngestOutcome:
+    """Store the file with vectors of the model the collection has when its transaction commits.
+
+    A re-embed that switched the model after this file was embedded would leave it with vectors of
+    the old model (a silent mix, or a dimension that search cannot compare). Then the file is chunked
+    and embedded again with the new model, outside any lock, and stored: the upload succeeds as if
+    it had started after the switch, instead of failing and asking the user to add it again."""
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        try:
+            return _store(db, collection, prepared, replace)
+        except _ModelChanged as changed:
+            if attempt == _STORE_ATTEMPTS:
+                break
+            embedder = load_embedder(changed.model)
+            prepared.chunks = chunk_document(prepared.parsed, embedder.tokenizer, collection.chunk_tokens,
+                                             collection.chunk_overlap)
+            prepared.embedding_model = changed.model
+            _embed_group(embedder, [prepared], settings.embed_batch_size, report)
+            report(prepared.index, "store", _STAGE_END["embed"])
+    raise IngestError(
+        prepared.filename,
+        f"could not be stored: {collection.name!r} switched embedding models {_STORE_ATTEMPTS} times while it was "
+        "being added; nothing was stored.",
+        "Add the file again once the collection's re-embedding is done.",
+    )
+
+
 def _store(db: Database, collection: CollectionInfo, prepared: _Prepared, replace: bool) -> IngestOutcome:
+    """Write the document and its chunks in one transaction, or raise _ModelChanged and write nothing."""
     filename, parsed, chunks = prepared.filename, prepared.parsed, prepared.chunks
     try:
         with db.engine.begin() as connection:
-            # Lock the collection row: a concurrent re-embed or replace of the same name waits.
+            # A share lock on the collection row until commit: the model read here is the one the chunks are
+            # stored under. A re-embed switches the model under a stronger lock on this row, so it waits for
+            # this transaction (and then re-embeds these chunks too), or this one waits for it (and sees the
+            # new model). Concurrent uploads share the lock.
             model = connection.execute(
-                text("SELECT embedding_model FROM collections WHERE id = :c FOR UPDATE"), {"c": collection.id}
-            ).scalar_one()
+                text("SELECT embedding_model FROM collections WHERE id = :c FOR SHARE"), {"c": collection.id}
+            ).scalar()
+            if model is None:
+                raise IngestError(filename, f"was not stored: the collection {collection.name!r} was deleted meanwhile.")
             if model != prepared.embedding_model:
-                raise IngestError(
-                    filename,
-                    f"was embedded with {prepared.embedding_model!r}, but {collection.name!r} was re-embedded with "
-                    f"{model!r} meanwhile; nothing was stored.",
-                    "Add the file again.",
-                )
+                raise _ModelChanged(model)
             if replace and prepared.same_name:
                 connection.execute(text("DELETE FROM documents WHERE id = ANY(:ids)"), {"ids": prepared.same_name})
             document_id = connection.execute(

@@ -316,31 +316,43 @@ def reembed_collection(
     batch_size: int = 64,
     progress: Callable[[float], None] | None = None,
 ) -> CollectionInfo:
-    """Switch a collection to another embedding model by re-embedding every chunk, all in one
-    transaction: searches see either the old vectors or the new ones, never a mix."""
+    """Switch a collection to another embedding model by re-embedding every chunk; searches see
+    either the old vectors or the new ones, never a mix.
+
+    The chunks are embedded first with no lock held (that is where the time goes: uploads, deletes
+    and searches go on meanwhile, on the old model). Then one short transaction locks the collection
+    row before it touches any chunk, embeds the chunks uploaded meanwhile, writes every new vector
+    and switches the model. An upload's store transaction holds a share lock on the same row while
+    it checks the model and writes its chunks (core.documents.ingest), so it either lands before
+    that lock (and is caught up here) or after the switch (and embeds with the new model). Locking
+    the row before any chunk keeps the lock order of an upload that replaces a document: no deadlock.
+    The new vectors wait in memory until then (4 bytes per dimension and chunk)."""
     collection = get_collection(db, name)
     embedder = load_embedder(embedding_model)
     check_embedder_fits(collection, embedder)
     ensure_vector_index(db, embedder.dim)
-    with db.engine.begin() as connection:
+    with db.engine.connect() as connection:
         rows = connection.execute(
             text("SELECT id, heading, text FROM chunks WHERE collection_id = :c ORDER BY id"), {"c": collection.id}
         ).all()
-        # One batch at a time, so progress (a job's ETA, its cancel) moves every `batch_size` chunks.
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            vectors = embedder.embed([embedding_text(h, t) for _, h, t in batch], batch_size=batch_size)
-            # Token counts in the new model's tokenizer, so chunk lengths (BM25) stay in one unit.
-            counts = embedder.count_tokens([t for _, _, t in batch])
+    # Most of the bar: the embedding without a lock; the last step is reported under the lock, before it commits.
+    updates = _embed_chunks(embedder, rows, batch_size, progress and (lambda done: progress(0.99 * done / len(rows))))
+    with db.engine.begin() as connection:
+        if connection.execute(
+            text("SELECT 1 FROM collections WHERE id = :c FOR NO KEY UPDATE"), {"c": collection.id}
+        ).first() is None:
+            raise LibraryError(f"Collection {name!r} was deleted while it was being re-embedded.")
+        late = connection.execute(
+            text("SELECT id, heading, text FROM chunks WHERE collection_id = :c AND id <> ALL(:seen) ORDER BY id"),
+            {"c": collection.id, "seen": [row.id for row in rows]},
+        ).all()
+        updates += _embed_chunks(embedder, late, batch_size)
+        if updates:  # chunks deleted meanwhile match no row: nothing to update
             connection.execute(
-                text("UPDATE chunks SET embedding = :e, embedding_dim = :d, token_count = :n WHERE id = :id"),
-                [
-                    {"e": np.asarray(v), "d": embedder.dim, "n": n, "id": row[0]}
-                    for row, v, n in zip(batch, vectors, counts, strict=True)
-                ],
+                text("UPDATE chunks SET embedding = :e, embedding_dim = :d, token_count = :n "
+                     "WHERE id = :id AND collection_id = :c"),
+                [dict(update, c=collection.id) for update in updates],
             )
-            if progress:
-                progress(min(1.0, (start + len(batch)) / max(len(rows), 1)))
         connection.execute(
             text(
                 "UPDATE documents d SET token_count = t.total FROM (SELECT document_id, sum(token_count) AS total "
@@ -352,4 +364,23 @@ def reembed_collection(
             text("UPDATE collections SET embedding_model = :m, embedding_dim = :d WHERE id = :c"),
             {"m": embedding_model, "d": embedder.dim, "c": collection.id},
         )
+        if progress:
+            progress(1.0)  # still under the lock: a cancel now rolls everything back
     return get_collection(db, name)
+
+
+def _embed_chunks(embedder, rows, batch_size: int, progress: Callable[[int], None] | None = None) -> list[dict]:
+    """The UPDATE parameters of each chunk (id, heading, text) embedded with `embedder`: its vector,
+    the dimension, and its token count in the new model's tokenizer (so chunk lengths, which BM25
+    uses, stay in one unit). One batch at a time, so progress (a job's ETA, its cancel) moves
+    every `batch_size` chunks with the number of chunks done."""
+    updates = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        vectors = embedder.embed([embedding_text(h, t) for _, h, t in batch], batch_size=batch_size)
+        counts = embedder.count_tokens([t for _, _, t in batch])
+        updates += [{"e": np.asarray(v), "d": embedder.dim, "n": n, "id": row[0]}
+                    for row, v, n in zip(batch, vectors, counts, strict=True)]
+        if progress:
+            progress(start + len(batch))
+    return updates

@@ -2,9 +2,11 @@
 job of its own process (kind "reembed").
 
 `submit_reembed` checks the collection and loads the model (the app searches with it afterwards
-anyway), then queues the job; `run` re-embeds every chunk in one transaction with the job's
-progress. A cancel or a failure rolls it back: searches keep the old vectors until the new ones
-are all there.
+anyway), then queues the job; `run` re-embeds every chunk with the job's progress, with no lock held,
+then writes the new vectors, catches up the documents uploaded meanwhile and switches the model in
+one short transaction under the collection's lock (`reembed_collection` says why that order is safe
+against uploads). A cancel or a failure changes nothing: searches keep the old vectors until the
+new ones are all there.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ def submit_reembed(db: Database, collection: str, embedding_model: str) -> Job:
 def run(context: JobContext) -> dict:
     """The job's entry point: every chunk embedded again, then the collection switched, at once."""
     p = ReembedParams.model_validate(context.job.params)
-    print(f"Re-embedding collection {p.collection!r} with {p.embedding_model} (one transaction: searches see the old "
-          "vectors until it commits).", flush=True)
+    print(f"Re-embedding collection {p.collection!r} with {p.embedding_model} (searches and uploads use the old model "
+          "until the new vectors are all written; uploads made meanwhile are re-embedded too).", flush=True)
     info = reembed_collection(context.db, p.collection, p.embedding_model, progress=context.fraction)
     message = f"Re-embedded {info.name!r} with {info.embedding_model} ({info.embedding_dim} dimensions)."
     print(message, flush=True)

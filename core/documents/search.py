@@ -112,6 +112,9 @@ vector_ranked AS (
 # - document frequencies: counted over the same matches (a chunk with the word matches the OR query);
 # - collection size and average chunk length: from the documents' totals, not a scan of the chunks
 #   (of the filtered documents when there is a document filter, like the document frequencies).
+# Only chunks with a vector of the collection's dimension, like the vector side: hybrid search computes
+# the cosine similarity of every keyword hit, which a vector of another dimension would turn into an
+# error (the re-embed and upload locks keep such chunks out; this keeps search working regardless).
 _KEYWORD_CTE = """
 keyword_query AS (
     SELECT replace(plainto_tsquery('english', :query_text)::text, ' & ', ' | ')::tsquery AS q,
@@ -122,7 +125,7 @@ keyword_matches AS (
     FROM chunks c
     CROSS JOIN keyword_query kq
     CROSS JOIN LATERAL unnest(ts_filter(setweight(setweight(c.tsv, 'D'), 'A', kq.lexemes), '{{a}}')) AS w
-    WHERE c.collection_id = :collection_id AND c.tsv @@ kq.q {document_filter}
+    WHERE c.collection_id = :collection_id AND c.embedding_dim = {dim} AND c.tsv @@ kq.q {document_filter}
 ),
 keyword_stats AS (
     SELECT greatest(sum(chunk_count), 1)::float8 AS chunks,
@@ -162,7 +165,7 @@ def _search_sql(mode: SearchMode, dim: int, filtered: bool) -> str:
     # With a document filter, the collection size and mean length come from the same documents as
     # the document frequencies: mixing the scopes makes every word look rare (no IDF weighting left).
     stats_filter = "AND d.id = ANY(:document_ids)" if filtered else ""
-    keyword_cte = _KEYWORD_CTE.format(document_filter=document_filter, stats_filter=stats_filter)
+    keyword_cte = _KEYWORD_CTE.format(dim=int(dim), document_filter=document_filter, stats_filter=stats_filter)
     if mode == "vector":
         return "WITH " + vector_cte + _SELECT.format(
             score="v.similarity", similarity="v.similarity", keyword="NULL::real", vector_rank="v.rank",
@@ -184,6 +187,16 @@ def _search_sql(mode: SearchMode, dim: int, filtered: bool) -> str:
     )
 
 
+def _query_vector(query: str, collection: str, model: str, dim: int) -> np.ndarray:
+    embedder = load_embedder(model)
+    if embedder.dim != dim:
+        raise LibraryError(
+            f"Collection {collection!r} was embedded with {dim} dimensions but {model} now gives "
+            f"{embedder.dim}; re-embed the collection."
+        )
+    return embedder.embed([query])[0]
+
+
 def search(
     db: Database,
     query: str,
@@ -203,6 +216,10 @@ def search(
         raise QueryError(f"k must be between 1 and 1000 (got {k}).")
     query = _check_query(query, settings)
     info = get_collection(db, collection)
+    # Embedded before a connection is taken: a pooled connection is not held through CPU work
+    # (20 sessions searching at once would otherwise wait on the pool).
+    query_vector = (_query_vector(query, collection, info.embedding_model, info.embedding_dim)
+                    if mode != "keyword" else None)
     params: dict = {
         "collection_id": info.id,
         "k": k,
@@ -211,16 +228,20 @@ def search(
         "query_text": query,
         "document_ids": list(document_ids or []),
     }
-    if mode != "keyword":
-        embedder = load_embedder(info.embedding_model)
-        if embedder.dim != info.embedding_dim:
-            raise LibraryError(
-                f"Collection {collection!r} was embedded with {info.embedding_dim} dimensions but "
-                f"{info.embedding_model} now gives {embedder.dim}; re-embed the collection."
-            )
-        params["query_vector"] = embedder.embed([query])[0]
-    sql = _search_sql(mode, info.embedding_dim, filtered=document_ids is not None)
-    with db.engine.begin() as connection:
+    # One snapshot for the collection's model and its chunks: a re-embed that commits meanwhile cannot
+    # pair a query embedded with one model with chunks of another.
+    with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection, connection.begin():
+        current = connection.execute(
+            text("SELECT embedding_model, embedding_dim FROM collections WHERE id = :c"), {"c": info.id}
+        ).first()
+        if current is None:
+            raise LibraryError(f"The collection {collection!r} was deleted meanwhile.")
+        model, dim = current
+        if mode != "keyword":
+            if (model, dim) != (info.embedding_model, info.embedding_dim):  # a re-embed committed meanwhile (rare)
+                query_vector = _query_vector(query, collection, model, dim)
+            params["query_vector"] = query_vector
+        sql = _search_sql(mode, dim, filtered=document_ids is not None)
         connection.execute(
             text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', :ef, true)"),
             {"ef": str(max(settings.hnsw_ef_search, k))},

@@ -217,8 +217,8 @@ def ensure_exam_name_free(db: Database, name: str) -> str:
 def preview_exam_file(db: Database, path: str | Path, *, collection: str) -> ExamPreview:
     """preview_exam of a file on disk; a missing or unreadable file raises ExamError."""
     path = Path(path)
-    try:
-        data = read_file(path)
+    try:  # by its size on disk before it is read
+        data = read_file(path, max_bytes=MAX_EXAM_BYTES, kind="exam file", advice="Split it into several exams.")
     except DatasetError as error:
         raise ExamError(str(error).replace("training file", "exam file")) from None
     return preview_exam(db, path.name, data, collection=collection)
@@ -233,7 +233,7 @@ def preview_exam(db: Database, filename: str, data: bytes, *, collection: str) -
         raise ExamError(f"{filename} is {human_size(len(data))}; exam files are at most {human_size(MAX_EXAM_BYTES)}. "
                         "Split it into several exams.")
     try:
-        file_type, encoding, columns, records = read_records(filename, data)
+        file_type, encoding, columns, records = read_records(filename, data, max_bytes=MAX_EXAM_BYTES)
     except DatasetError as error:
         raise ExamError(str(error)) from None
     readable = [r for r in records if r.fields is not None]

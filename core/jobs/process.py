@@ -135,12 +135,16 @@ def default_explanation(error: BaseException, run_dir: Path) -> str:
 
     if isinstance(error, UserError):
         return str(error)
-    if _disk_full(error):
+    full = _disk_full(error)
+    if full == "no space":
         import shutil
 
         free = shutil.disk_usage(run_dir).free / 2**20
         return (f"The disk is full ({free:,.0f} MB free where the job writes: {run_dir}). Free some space, then resume "
                 "the job: it continues from what it saved.")
+    if full:
+        return (f"The disk is full for this job: {full} where it writes ({run_dir}). Free some space or raise the "
+                "limit, then resume the job: it continues from what it saved.")
     if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
         return "Out of memory: use a smaller model or batch, or 4-bit loading."
     if isinstance(error, KeyboardInterrupt):
@@ -148,17 +152,23 @@ def default_explanation(error: BaseException, run_dir: Path) -> str:
     return f"{type(error).__name__}: {str(error)[:1500]}"
 
 
-def _disk_full(error: BaseException | None) -> bool:
-    """ENOSPC anywhere in the chain; safetensors and torch wrap it in their own error types."""
+def _disk_full(error: BaseException | None) -> str | None:
+    """ENOSPC ("no space"), or a file size limit (EFBIG) or quota (EDQUOT) reached, anywhere in the
+    chain; safetensors and torch wrap them in their own error types. None for anything else."""
     import errno
 
+    limits = {errno.ENOSPC: "no space", errno.EFBIG: "a file reached the largest size allowed (File too large)",
+              errno.EDQUOT: "the disk quota is used up (Disk quota exceeded)"}
+    texts = {"No space left on device": errno.ENOSPC, "os error 28": errno.ENOSPC, "File too large": errno.EFBIG,
+             "os error 27": errno.EFBIG, "Disk quota exceeded": errno.EDQUOT, "os error 122": errno.EDQUOT}
     while error is not None:
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            return True
-        if "No space left on device" in str(error) or "os error 28" in str(error):
-            return True
+        if isinstance(error, OSError) and error.errno in limits:
+            return limits[error.errno]
+        for text, code in texts.items():
+            if text in str(error):
+                return limits[code]
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
 def main_for(work: Callable[[JobContext], dict | None], explain=None) -> None:

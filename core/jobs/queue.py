@@ -9,6 +9,7 @@ declared dead, or whose job was claimed again, changes nothing and learns that i
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import uuid
@@ -29,6 +30,9 @@ ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 # A running job whose worker has not reported for this long is dead (SIGKILL, power loss, ...).
 STALE_AFTER_SECONDS = 45
+# On the worker's own machine, a job whose process is gone is dead after this long (workers beat
+# every 2 s; the wait keeps a container that shares the host name, with pids of its own, safe).
+LOCAL_STALE_AFTER_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -262,30 +266,49 @@ def resume_job(db: Database, job_id: int) -> Job:
     return get_job(db, job_id)
 
 
-def fail_stale_jobs(db: Database, stale_after: int = STALE_AFTER_SECONDS) -> list[int]:
+def fail_stale_jobs(db: Database, stale_after: int = STALE_AFTER_SECONDS, *, host: str | None = None,
+                    local_stale_after: int = LOCAL_STALE_AFTER_SECONDS) -> list[int]:
     """Running jobs whose worker stopped reporting are failed, with their last log lines as the
-    reason. Clearing the owner makes any late write of the old attempt fail, so its process stops
-    and it can never later flip the job to "succeeded"."""
+    reason. On this `host` (default: this machine) a job whose process is gone is dead after a few
+    missed beats already, so a new worker carries on at once after one was killed. Clearing the
+    owner makes any late write of the old attempt fail, so its process stops and it can never
+    later flip the job to "succeeded"."""
+    host = host or socket.gethostname()
     with db.engine.begin() as connection:
-        stale = connection.execute(
+        candidates = connection.execute(
             text(
-                "SELECT id, heartbeat_at FROM jobs WHERE status = 'running' "
-                "AND heartbeat_at < now() - make_interval(secs => :s) FOR UPDATE SKIP LOCKED"
+                "SELECT id, heartbeat_at, pid, heartbeat_at < now() - make_interval(secs => :s) AS silent FROM jobs "
+                "WHERE status = 'running' AND (heartbeat_at < now() - make_interval(secs => :s) "
+                "OR (host = :host AND heartbeat_at < now() - make_interval(secs => :local))) FOR UPDATE SKIP LOCKED"
             ),
-            {"s": stale_after},
+            {"s": stale_after, "host": host, "local": local_stale_after},
         ).all()
+        stale = [(row.id, row.heartbeat_at) for row in candidates if row.silent or not _process_exists(row.pid)]
         for job_id, last_beat in stale:
             tail = "\n".join(_log_tail(connection, job_id, 5))
             connection.execute(
                 text("UPDATE jobs SET status = 'failed', finished_at = now(), owner = NULL, error = :e WHERE id = :id"),
                 {
                     "id": job_id,
-                    "e": f"The process running this job stopped without finishing (last sign of life at "
+                    "e": f"The worker stopped unexpectedly: the job stopped without finishing (last sign of life at "
                          f"{last_beat:%Y-%m-%d %H:%M:%S %Z}). Resume it to continue from what it saved.\n"
                          f"Last log lines:\n{tail}",
                 },
             )
     return [job_id for job_id, _ in stale]
+
+
+def _process_exists(pid: int | None) -> bool:
+    """On this machine: whether the job's process (or its worker, before the first beat) still runs."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def delete_job(db: Database, job_id: int) -> None:

@@ -5,11 +5,13 @@ The worker keeps the job alive in Postgres (heartbeat, under the claim's owner t
 process's output lines to the job's log, turns a cancel into SIGTERM (SIGKILL if the process does
 not stop within seconds), stops the process at once when the job is no longer its own (declared
 dead meanwhile), and records how the process ended. It is also the one place that declares other
-workers' jobs dead. Any machine with the same DATABASE_URL can run a worker.
+workers' jobs dead. Any machine with the same DATABASE_URL can run a worker. A database restart
+does not stop it: it keeps watching its process and reconnects (DatabaseUnavailable in between).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -18,12 +20,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import text
 
 from core.config import Settings, get_settings
 from core.db import Database
+from core.db.engine import DatabaseUnavailable
 from core.jobs.kinds import job_kind
 from core.jobs.process import OWNER_ENV
 from core.jobs.queue import (
@@ -41,6 +46,8 @@ HEARTBEAT_SECONDS = 2.0
 CANCEL_GRACE_SECONDS = 7.0  # SIGTERM, then SIGKILL: a cancel always ends within 10 s
 WORKER_ALIVE_SECONDS = 15
 PROCESS_EXITED = "The job's process exited"
+DATABASE_PATIENCE_SECONDS = 60  # a database restart shorter than this costs no job its ending
+T = TypeVar("T")
 
 
 def _die_with_parent() -> None:
@@ -81,9 +88,9 @@ class LogShipper:
             chunk = stream.read()
         if not final:
             chunk = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(chunk)
         lines = chunk.decode("utf-8", errors="replace").replace("\r", "\n").split("\n")
         append_log(self.db, self.job_id, lines, owner=self.owner)
+        self.offset += len(chunk)  # after the write: lines that met a database restart are sent again
 
 
 def run_job(db: Database, job: Job, settings: Settings) -> str:
@@ -105,41 +112,61 @@ def run_job(db: Database, job: Job, settings: Settings) -> str:
     last_beat = 0.0
     while process.poll() is None:
         time.sleep(0.5)
-        shipper.ship()
-        if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-            last_beat = time.monotonic()
-            _register(db)  # the worker is alive too, so the app does not start another one
-            fail_stale_jobs(db)  # other workers' dead jobs; this one's is fresh
-            beat = heartbeat(db, job.id, job.owner, process.pid)
-            if not beat.owned and not lost:
-                # Declared dead or claimed again elsewhere: this attempt must not go on writing.
-                lost = True
-                print(f"Job {job.id} is no longer this worker's: stopping its process.", flush=True)
+        try:
+            shipper.ship()
+            if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                last_beat = time.monotonic()
+                _register(db)  # the worker is alive too, so the app does not start another one
+                fail_stale_jobs(db)  # other workers' dead jobs; this one's is fresh
+                beat = heartbeat(db, job.id, job.owner, process.pid)
+                if not beat.owned and not lost:
+                    # Declared dead or claimed again elsewhere: this attempt must not go on writing.
+                    lost = True
+                    print(f"Job {job.id} is no longer this worker's: stopping its process.", flush=True)
+                    _signal_group(process.pid, signal.SIGKILL)
+                elif beat.cancel_requested and cancel_deadline is None:
+                    _signal_group(process.pid, signal.SIGTERM)
+                    cancel_deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
                 _signal_group(process.pid, signal.SIGKILL)
-            elif beat.cancel_requested and cancel_deadline is None:
-                _signal_group(process.pid, signal.SIGTERM)
-                cancel_deadline = time.monotonic() + CANCEL_GRACE_SECONDS
-        if cancel_deadline is not None and time.monotonic() > cancel_deadline:
-            append_log(db, job.id, ["The process did not stop in time: killed."], owner=job.owner)
-            _signal_group(process.pid, signal.SIGKILL)
-            cancel_deadline = float("inf")
-    shipper.ship(final=True)
+                cancel_deadline = float("inf")
+                append_log(db, job.id, ["The process did not stop in time: killed."], owner=job.owner)
+        except DatabaseUnavailable as error:
+            # A restart of the database: keep watching the process; the next beat reconnects.
+            print(f"Job {job.id}: {error}", flush=True)
+    _until_reachable(lambda: shipper.ship(final=True))
     # The last line of every attempt: a follower knows the log is complete (the process records
     # its ending before the worker has shipped its final lines).
-    append_log(db, job.id, [f"{PROCESS_EXITED} (code {process.returncode})."], owner=job.owner)
+    _until_reachable(lambda: append_log(db, job.id, [f"{PROCESS_EXITED} (code {process.returncode})."], owner=job.owner))
+    _until_reachable(lambda: _record_unexpected_end(db, job, process.returncode))
+    return _until_reachable(lambda: get_job(db, job.id).status)
 
+
+def _record_unexpected_end(db: Database, job: Job, code: int) -> None:
+    """The process died without recording an ending: say how (finish_job writes once, so a repeat is harmless)."""
     ended = get_job(db, job.id)
-    if ended.status == "running" and ended.owner == job.owner:  # the process died without recording an ending
-        if ended.cancel_requested:
-            finish_job(db, job.id, job.owner, "cancelled", error="Cancelled by the user. Resume continues from what it saved.")
-        else:
-            code = process.returncode
-            how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-            tail = "\n".join(job_log_tail(db, job.id, 8))
-            finish_job(db, job.id, job.owner, "failed",
-                       error=f"The job's process {how}. Resume it to continue from what it saved.\n"
-                             f"Last log lines:\n{tail}")
-    return get_job(db, job.id).status
+    if ended.status != "running" or ended.owner != job.owner:
+        return
+    if ended.cancel_requested:
+        finish_job(db, job.id, job.owner, "cancelled", error="Cancelled by the user. Resume continues from what it saved.")
+        return
+    how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    tail = "\n".join(job_log_tail(db, job.id, 8))
+    finish_job(db, job.id, job.owner, "failed",
+               error=f"The job's process {how}. Resume it to continue from what it saved.\nLast log lines:\n{tail}")
+
+
+def _until_reachable(call: Callable[[], T], patience: float = DATABASE_PATIENCE_SECONDS) -> T:
+    """`call()`, repeated while the database is restarting, for up to `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return call()
+        except DatabaseUnavailable as error:
+            if time.monotonic() > deadline:
+                raise
+            print(f"{error} Trying again.", flush=True)
+            time.sleep(1.0)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -182,9 +209,14 @@ def run_worker(db: Database, settings: Settings | None = None, *, once: bool = F
     print(f"Worker {socket.gethostname()}:{os.getpid()} waiting for jobs ({db.description}).", flush=True)
     try:
         while not stopping:
-            _register(db)
-            fail_stale_jobs(db)
-            job = claim_next_job(db, os.getpid())
+            try:
+                _register(db)
+                fail_stale_jobs(db)
+                job = claim_next_job(db, os.getpid())
+            except DatabaseUnavailable as error:  # restarting: wait for it rather than exit
+                print(f"{error} Waiting for it.", flush=True)
+                time.sleep(poll_seconds)
+                continue
             if job is None:
                 if once or (exit_when_idle and time.monotonic() - idle_since > exit_when_idle):
                     return
@@ -197,7 +229,8 @@ def run_worker(db: Database, settings: Settings | None = None, *, once: bool = F
             if once:
                 return
     finally:
-        _unregister(db)
+        with contextlib.suppress(DatabaseUnavailable):  # its row expires by itself
+            _unregister(db)
 
 
 def live_workers(db: Database) -> int:

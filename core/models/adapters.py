@@ -15,8 +15,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -217,25 +215,19 @@ def delete_adapter(db: Database, name: str, settings: Settings | None = None) ->
         raise _not_found(db, name) from None
 
 
-def merge_adapter(db: Database, name: str, output: Path | None = None, settings: Settings | None = None) -> Path:
-    """Fold the adapter into full-precision base weights and save a standalone safetensors model."""
+def merge_adapter(db: Database, name: str, output: Path, settings: Settings | None = None) -> AdapterInfo:
+    """Fold the adapter into full-precision base weights and save a standalone safetensors model
+    (with the tokenizer) into `output`, a new or empty folder. Returns the adapter that was merged.
+    Exporting safely (staging beside the export, swapping it in) is core.models.merge_job's part."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter = find_adapter(db, name, settings)
     base_path = resolve_model_path(adapter.base_model or "", settings)
-    output = output or models_dir(settings) / "merged" / name
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype="float32")
     merged = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
-    staging = Path(tempfile.mkdtemp(prefix=f".merging-{name}-", dir=output.parent if output.parent.exists() else None))
-    try:
-        merged.save_pretrained(staging, safe_serialization=True)
-        AutoTokenizer.from_pretrained(adapter.path if (adapter.path / "tokenizer_config.json").exists() else base_path
-                                      ).save_pretrained(staging)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.exists():
-            shutil.rmtree(output)
-        shutil.move(str(staging), output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    Path(output).mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(output, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter.path if (adapter.path / "tokenizer_config.json").exists() else base_path
+                                  ).save_pretrained(output)
+    return adapter

@@ -1,11 +1,13 @@
 """Where a model runs and in which precision, for answering and for training alike.
 
 CUDA in bf16 (fp16 on GPUs without bf16), else the CPU in float32; 4-bit NF4 through bitsandbytes
-on request. bitsandbytes is imported only when 4 bits are asked for.
+on request. bitsandbytes is imported only when 4 bits are asked for: peft would import it on its own
+import, so the ML stack is imported inside `bitsandbytes_deferred` (core.documents.embeddings).
 """
 
 from __future__ import annotations
 
+from core.documents.embeddings import import_bitsandbytes
 from core.models.registry import ModelNotAvailable
 
 
@@ -23,7 +25,7 @@ def four_bit_config(compute_dtype):
     from transformers import BitsAndBytesConfig
 
     try:
-        import bitsandbytes  # noqa: F401
+        import_bitsandbytes()
     except ImportError as error:
         raise ModelNotAvailable("4-bit loading needs bitsandbytes, which is not installed or cannot run here.") from error
     return BitsAndBytesConfig(

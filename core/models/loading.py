@@ -2,16 +2,22 @@
 
 Device and precision are chosen for the user (core.models.device): CUDA in bf16 (fp16 where bf16 is
 missing), else the CPU in float32; 4-bit NF4 through bitsandbytes on request, imported only then.
+A few models stay loaded (max_loaded_language_models); the least recently used one is dropped first,
+and its memory is given back before the next one loads.
 """
 
 from __future__ import annotations
 
+import gc
 import json
+import sys
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.config import Settings, get_settings
+from core.documents.embeddings import bitsandbytes_deferred
 from core.formatting import human_size
 from core.models.adapters import AdapterError
 from core.models.context import context_window
@@ -42,11 +48,13 @@ class LoadedModel:
         return f"{self.model_id} on {self.device} ({precision}, {human_size(self.memory_bytes)})"
 
 
-def _load(model_id: str, load_in_4bit: bool, settings: Settings) -> LoadedModel:
+def _load(model_id: str, path: Path, load_in_4bit: bool) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model_path(model_id, settings)
+    with bitsandbytes_deferred():  # generation and adapters import peft, which would import bitsandbytes
+        import peft  # noqa: F401
+
     device, dtype_name = choose_device()
     dtype = getattr(torch, dtype_name)
     kwargs: dict = {"dtype": dtype}
@@ -80,25 +88,47 @@ def _load(model_id: str, load_in_4bit: bool, settings: Settings) -> LoadedModel:
 
 
 _lock = threading.Lock()
-_loaded: dict[tuple[str, bool], LoadedModel] = {}
+_loaded: OrderedDict[tuple[str, bool], LoadedModel] = OrderedDict()  # least recently used first
 
 
 def load_model(model_id: str | None = None, *, load_in_4bit: bool | None = None, settings: Settings | None = None) -> LoadedModel:
-    """One copy per process of each (model, 4-bit) pair; adapters attach to it instead of new copies."""
+    """One copy per process of each (model, 4-bit) pair; adapters attach to it instead of new copies.
+    At most `max_loaded_language_models` stay loaded: the least recently used goes before another loads."""
     settings = settings or get_settings()
     model_id = model_id or settings.language_model
     four_bit = settings.load_in_4bit if load_in_4bit is None else load_in_4bit
     with _lock:
         key = (model_id, four_bit)
-        if key not in _loaded:
-            _loaded[key] = _load(model_id, four_bit, settings)
+        if key in _loaded:
+            _loaded.move_to_end(key)
+            return _loaded[key]
+        path = resolve_model_path(model_id, settings)  # a refused or missing model evicts nothing
+        _evict(keep=settings.max_loaded_language_models - 1)
+        _loaded[key] = _load(model_id, path, four_bit)
         return _loaded[key]
 
 
-def register_loaded_model(loaded: LoadedModel) -> None:
+def register_loaded_model(loaded: LoadedModel, settings: Settings | None = None) -> None:
     """Make an in-memory model loadable by id (tests build tiny models without files)."""
+    settings = settings or get_settings()
     with _lock:
-        _loaded[(loaded.model_id, loaded.quantized_4bit)] = loaded
+        key = (loaded.model_id, loaded.quantized_4bit)
+        _loaded.pop(key, None)
+        _evict(keep=settings.max_loaded_language_models - 1)
+        _loaded[key] = loaded
+
+
+def _evict(keep: int) -> None:
+    """Drop the least recently used models until `keep` are left, and give their memory back. A caller still
+    generating with a dropped model keeps it alive until it is done."""
+    if len(_loaded) <= keep:
+        return
+    while len(_loaded) > keep:
+        _loaded.popitem(last=False)
+    gc.collect()
+    torch = sys.modules.get("torch")  # a model was loaded, so torch is; never import it just for this
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- adapters ---------------------------------------------------------------------------------
@@ -142,10 +172,11 @@ def use_adapter(loaded: LoadedModel, name: str | None, path: Path | None = None)
                 "Load that base model, or pick an adapter trained on this one."
             )
         try:
-            if isinstance(loaded.model, PeftModel):
-                loaded.model.load_adapter(str(path), adapter_name=name)
-            else:
-                loaded.model = PeftModel.from_pretrained(loaded.model, str(path), adapter_name=name)
+            with bitsandbytes_deferred():  # peft imports bitsandbytes to wrap layers; only 4-bit layers need it
+                if isinstance(loaded.model, PeftModel):
+                    loaded.model.load_adapter(str(path), adapter_name=name)
+                else:
+                    loaded.model = PeftModel.from_pretrained(loaded.model, str(path), adapter_name=name)
         except (ValueError, RuntimeError, KeyError, OSError) as error:
             raise AdapterError(f"Adapter {name!r} does not fit {loaded.model_id}: {str(error)[:300]}") from error
         loaded.model.eval()

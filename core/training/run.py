@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+from core.documents.embeddings import bitsandbytes_deferred
 from core.jobs.process import Cancelled, JobContext, default_explanation, main_for
 from core.jobs.queue import forget_metrics_after
 from core.models.adapters import publish_adapter
@@ -80,8 +81,9 @@ def train(context: JobContext) -> dict:
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=s.gradient_checkpointing)
     targets = target_modules_for(model.config.model_type, s.target_modules)
-    model = get_peft_model(model, LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                                             target_modules=targets, task_type="CAUSAL_LM"))
+    with bitsandbytes_deferred():  # peft imports bitsandbytes to wrap layers; only QLoRA's 4-bit layers need it
+        model = get_peft_model(model, LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
     trainable, total = model.get_nb_trainable_parameters()
     print(f"Model: {model.config.model_type}, LoRA on {targets}: {trainable:,} trainable of {total:,} parameters "
           f"({'4-bit NF4' if job.method == 'qlora' else str(dtype).removeprefix('torch.')}, {'cuda' if cuda else 'cpu'}).",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from core.config import Settings, get_settings
 from core.db import Database
+from core.documents.embeddings import import_bitsandbytes
 from core.formatting import plural
 from core.jobs.queue import Job, JobError, create_job, validate_adapter_name
 from core.models.adapters import adapter_exists
@@ -22,6 +23,7 @@ FOUR_BIT_BLOCK = 64
 def check_four_bit_support() -> None:
     """QLoRA needs bitsandbytes able to quantize on this machine's device (CUDA, or CPU since 0.48)."""
     try:
+        import_bitsandbytes()
         import bitsandbytes.functional as bnb_functional
         import torch
 
@@ -42,7 +44,7 @@ class JobPlan:
     examples: int
     mean_tokens: float
     estimate: Estimate
-    lengths: "Lengths | None" = None
+    lengths: Lengths | None = None
 
     @property
     def length_warning(self) -> str | None:

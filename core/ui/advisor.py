@@ -7,6 +7,7 @@ from dataclasses import fields
 import streamlit as st
 
 from core.evaluation.advisor import Advice, AdvisorAnswers
+from core.ui.safe_text import literal
 
 
 def advisor_questions(key: str = "advisor") -> AdvisorAnswers:
@@ -24,16 +25,12 @@ def advisor_questions(key: str = "advisor") -> AdvisorAnswers:
     return AdvisorAnswers(**values)
 
 
-def _plain(text: str) -> str:
-    """Our sentences carry names users chose (exams, adapters): keep Markdown from reading them."""
-    return "".join("\\" + c if c in "\\`*_[]<>#$~|:" else c for c in text)
-
-
 def render_advice(advice: Advice) -> None:
     st.subheader(f"Recommendation: {advice.label}")
-    st.markdown("\n".join(f"- {_plain(reason)}" for reason in advice.reasons))
+    # Our sentences carry names users chose (exams, adapters): literal keeps Markdown from reading them.
+    st.markdown("\n".join(f"- {literal(reason)}" for reason in advice.reasons))
     if advice.evidence:
-        st.caption(f"Measured on exam {advice.exam!r} (token F1: 0 to 1, higher is better; 95% bootstrap intervals)")
+        st.caption(f"Measured on exam {literal(repr(advice.exam))} (token F1: 0 to 1, higher is better; 95% bootstrap intervals)")
         st.dataframe(
             [{"measure": e.what, "value": round(e.value, 3), "95% interval":
               f"{e.low:+.2f} … {e.high:+.2f}" if e.verdict and e.low is not None else
@@ -41,4 +38,4 @@ def render_advice(advice: Advice) -> None:
               "questions": e.n, "verdict": e.verdict or "", "source": e.source} for e in advice.evidence],
             hide_index=True,
         )
-    st.info(f"Next: {advice.next_step}")
+    st.info(f"Next: {literal(advice.next_step)}")

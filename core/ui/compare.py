@@ -1,6 +1,6 @@
 """Drawing a comparison: one column per variant (or per blind label), streamed one after another,
 the vote's reveal, and the ranking from the votes. Model text is shown as plain text (st.text):
-no Markdown or HTML from a model reaches the page."""
+no Markdown or HTML from a model reaches the page; names (the adapter's) go through literal."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import streamlit as st
 from core.evaluation.compare import LABELS, VariantAnswer
 from core.evaluation.votes import Ranking
 from core.ui.answers import render_sources
+from core.ui.safe_text import literal
 
 NO_TEXT = "(no answer: the model ended its turn at once)"
 
@@ -80,7 +81,7 @@ def render_comparison(shown: ShownComparison, *, stream: bool = False) -> None:
     slots = []
     for column, (heading, answer) in zip(st.columns(len(entries), border=True), entries, strict=True):
         with column:
-            st.markdown(f"**{heading}**")
+            st.markdown(f"**{literal(heading)}**")
             text_slot, caption_slot = st.empty(), st.empty()
             if stream:
                 text_slot.caption("waiting…")

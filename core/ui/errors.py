@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.errors import UserError
+from core.ui.safe_text import safe_markdown
 
 
 @dataclass
@@ -33,6 +34,6 @@ def user_errors(prefix: str = "", *, stop: bool = False) -> Iterator[Caught]:
         yield caught
     except UserError as error:
         caught.error = error
-        st.error(f"{prefix}{error}")
+        st.error(safe_markdown(f"{prefix}{error}"))  # messages quote file contents: names, rows, questions
         if stop:
             st.stop()

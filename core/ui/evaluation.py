@@ -1,6 +1,7 @@
 """Drawing an evaluation run: the score table, a chart per metric with its interval bars, the
 pairwise verdicts, the diagnoses, one question's answers with their passages, the comparison with
-an earlier run. Model text is shown as plain text, never as Markdown or HTML."""
+an earlier run. Model text and exam text are shown as plain text (st.text), never as Markdown or HTML;
+file names inside captions go through literal."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from core.evaluation.results import (
     score_table,
 )
 from core.evaluation.scoring import DIAGNOSES
+from core.ui.safe_text import literal
 
 
 def metric_chart(summary: dict, metric: str) -> alt.Chart | None:
@@ -67,7 +69,7 @@ def render_summary(results: RunResults) -> None:
     update = summary.get("knowledge_update")
     if update:
         st.subheader("Knowledge update")
-        st.caption(f"After {results.run.settings['knowledge_update']['document']} was replaced: token F1 against the new "
+        st.caption(f"After {literal(results.run.settings['knowledge_update']['document'])} was replaced: token F1 against the new "
                    "and the old reference answers; for RAG, how often a passage given to the model holds the new one.")
         st.dataframe([{"variant": v, "F1 new reference": round(e["f1_new_reference"], 3),
                        "F1 old reference": round(e["f1_old_reference"], 3),
@@ -94,7 +96,7 @@ def render_question(detail: QuestionDetail) -> None:
                     for passage in answer.retrieved:
                         marks = [f"[{passage['number']}]" if passage["number"] else "not given to the model",
                                  "cited" if passage["number"] in cited else "", "source" if passage.get("is_source") else ""]
-                        st.caption(f"#{passage['rank']} {passage['filename']} · " + " · ".join(m for m in marks if m))
+                        st.caption(f"#{passage['rank']} {literal(passage['filename'])} · " + " · ".join(m for m in marks if m))
                         st.text(passage["text"])
 
 
@@ -102,5 +104,5 @@ def render_comparison(comparison: dict | None) -> None:
     if comparison is None:
         st.info("No earlier finished run of this exam shares a variant with this one.")
         return
-    st.caption(f"Against {comparison['earlier_label']}: now minus then, paired over the questions both runs answered.")
+    st.caption(f"Against {literal(comparison['earlier_label'])}: now minus then, paired over the questions both runs answered.")
     st.dataframe(comparison_rows(comparison), hide_index=True, width="stretch")

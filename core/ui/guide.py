@@ -7,6 +7,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 
 from core.db import Database
 from core.evaluation.guide import guided_path_state
+from core.ui.safe_text import code, literal
 
 STATE_ICONS = {"done": ":material/check_circle:", "running": ":material/progress_activity:", "to do": ":material/radio_button_unchecked:"}
 
@@ -27,7 +28,7 @@ def render_guided_path(db: Database, collection: str) -> None:
     for number, step in enumerate(guided_path_state(db, collection), start=1):
         text, link = st.columns([3, 1], vertical_alignment="center")
         text.markdown(f"{STATE_ICONS[step.state]} **{number}. {step.title}** · {step.state}")
-        text.caption(step.detail)
+        text.caption(literal(step.detail))  # names users chose (collection, exam, adapter)
         with link:
             page_link(step.page, label="Open" if step.state != "to do" else "Start", icon=":material/arrow_forward:",
-                      fallback=f"`{step.command}`")
+                      fallback=code(step.command))

@@ -7,6 +7,7 @@ import streamlit as st
 
 from core.db import Database
 from core.jobs.queue import Job, cancel_job, get_job, job_log_tail, job_metrics, list_jobs, resume_job
+from core.ui.safe_text import safe_markdown
 
 STATUS_WORDS = {"queued": "Waiting for a worker…", "running": "Running", "succeeded": "Finished",
                 "failed": "Failed", "cancelled": "Cancelled"}
@@ -70,11 +71,11 @@ def job_view(db: Database, job_id: int, *, on_finish=None) -> None:
         if current.finished and not job.finished:
             st.rerun()  # stop polling: the whole page redraws the finished job once
         fraction, text = progress_line(current)
-        st.progress(fraction, text=text)
+        st.progress(fraction, text=safe_markdown(text))  # titles and errors quote user-given names
         if current.status == "failed" and current.error:
-            st.error(current.error)
+            st.error(safe_markdown(current.error))
         elif current.status == "cancelled":
-            st.info(current.error or "Cancelled.")
+            st.info(safe_markdown(current.error or "Cancelled."))
 
         metrics = job_metrics(db, job_id) if current.kind == "train" else []
         if metrics:

@@ -8,6 +8,7 @@ from core.config import get_settings
 from core.db import Database
 from core.documents.library import library_stats
 from core.formatting import plural
+from core.ui.auth import render_account
 
 
 def render_sidebar(db: Database) -> None:
@@ -22,3 +23,4 @@ def render_sidebar(db: Database) -> None:
         st.markdown(f"{kind}  \n`{db.description.split(' in ', 1)[-1] if db.embedded else db.description}`")
         st.caption("Models")
         st.markdown(f"Language: `{settings.language_model}`  \nEmbeddings: `{settings.embedding_model}`")
+        render_account(settings)

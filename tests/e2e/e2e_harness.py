@@ -2,7 +2,7 @@
 
 Nothing here is page-specific except `search_results` (Documents) and `ask_question` (Ask); a new page's flow reuses
 `open_page`, `open_tab`, `click_and_wait`, `upload_files`, `read_dataframe`, `selectbox_options`, `choose_option`,
-`set_number`, `alerts` and `wait_for_app_idle`.
+`set_number`, `fill_and_commit`, `open_expander`, `alerts` and `wait_for_app_idle`.
 """
 
 from __future__ import annotations
@@ -73,19 +73,26 @@ def make_data_dir(prefix: str = "expert-studio-e2e-") -> Path:
     return path
 
 
-def start_app(data_dir: Path | None = None, log_path: Path | None = None, timeout: float = 90.0) -> RunningApp:
-    """`streamlit run streamlit_app.py` on a free port and its own embedded database; returns once /_stcore/health is ok."""
+def start_app(data_dir: Path | None = None, log_path: Path | None = None, timeout: float = 90.0,
+              extra_env: dict[str, str] | None = None, address: str = "127.0.0.1") -> RunningApp:
+    """`streamlit run streamlit_app.py` on a free port and its own embedded database; returns once /_stcore/health is ok.
+
+    No login unless `extra_env` sets one (e.g. EXPERT_STUDIO_PASSWORD_HASH); `address` is --server.address (the app
+    is still reached through 127.0.0.1).
+    """
     data_dir = data_dir or make_data_dir()
     log_path = log_path or data_dir / "streamlit.log"
     port = free_port()
     env = {**os.environ, "EXPERT_STUDIO_DATA_DIR": str(data_dir)}
     env.pop("DATABASE_URL", None)
     env.pop("EXPERT_STUDIO_DATABASE_URL", None)
+    env.pop("EXPERT_STUDIO_PASSWORD_HASH", None)
+    env.update(extra_env or {})
     command = [
         sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
         "--server.headless", "true",
         "--server.port", str(port),
-        "--server.address", "127.0.0.1",
+        "--server.address", address,
         "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false",
     ]
@@ -301,6 +308,32 @@ def set_number(scope: Page | Locator, label: str, value: int | float) -> None:
 
     click_and_wait(page, type_value)
     expect(box).to_have_value(str(value))
+
+
+def fill_and_commit(page: Page, box: Locator, value: str, key: str = "Enter") -> None:
+    """Type `value` into a text input (or area, with key="Control+Enter") and commit it: a rerun."""
+
+    def type_value() -> None:
+        box.fill(value)
+        box.press(key)
+
+    click_and_wait(page, type_value)
+    expect(box).to_have_value(value)
+
+
+def open_expander(page: Page, title: str) -> Locator:
+    """Open the st.expander titled `title` and wait until it has unfolded (a widget clicked while it still grows
+    can miss); returns the expander."""
+    expander = page.locator('[data-testid="stExpander"]').filter(has_text=title).first
+    expander.locator("summary").click()
+    last = None
+    for _ in range(50):
+        box = expander.bounding_box()
+        if box is not None and box == last:
+            break
+        last = box
+        page.wait_for_timeout(150)
+    return expander
 
 
 def create_collection(page: Page, name: str) -> None:

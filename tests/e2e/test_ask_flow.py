@@ -19,6 +19,8 @@ from e2e_harness import (
 )
 from playwright.sync_api import expect
 
+from core.models.device import choose_device
+
 pytestmark = pytest.mark.e2e
 
 MEMO = """\
@@ -50,7 +52,8 @@ def test_ask_streams_an_answer_with_its_source_and_timings(page, app_url, tmp_pa
     open_page(page, app_url, "Ask", timeout_ms=MODEL_LOAD_MS)
     expect(page.get_by_role("heading", name="Ask", exact=True)).to_be_visible()
     assert alerts(page, "error") == []
-    expect(page.get_by_text("Model: HuggingFaceTB/SmolLM2-135M-Instruct on cpu")).to_be_visible()
+    device, _ = choose_device()  # the app runs on this machine: the cpu here, cuda on a GPU machine
+    expect(page.get_by_text(f"Model: HuggingFaceTB/SmolLM2-135M-Instruct on {device}")).to_be_visible()
     choose_option(page, "Collection", collection)
     expect(page.get_by_role("switch", name="RAG")).to_be_checked()
     page.get_by_text("Model and generation settings").click()

@@ -31,6 +31,7 @@ from training_helpers import make_dataset
 
 from core.config import Settings
 from core.db import open_database
+from core.models.device import choose_device
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +89,8 @@ def test_start_a_job_watch_it_live_and_find_the_adapter(page, app_url, app_db, t
 
     estimate = panel.locator('[data-testid="stCaptionContainer"]').filter(has_text=re.compile(r"^Estimate:"))
     expect(estimate).to_be_visible()
-    assert estimate.inner_text().startswith("Estimate: 10 steps on the cpu"), estimate.inner_text()
+    device, _ = choose_device()  # the app runs on this machine: the cpu here, cuda on a GPU machine
+    assert estimate.inner_text().startswith(f"Estimate: 10 steps on the {device}"), estimate.inner_text()
     assert alerts(page, "error") == [], alerts(page)
 
     started = time.monotonic()
