@@ -2,8 +2,10 @@
 
 import streamlit as st
 
+from core.db.engine import DatabaseUnavailable
 from core.ui.auth import check_access
 from core.ui.resources import database
+from core.ui.safe_text import literal
 from core.ui.sidebar import render_sidebar
 
 st.set_page_config(page_title="Expert Studio", page_icon="🎓", layout="wide")
@@ -26,8 +28,11 @@ navigation = st.navigation(
 access.enforce()  # the refusal or the login form instead of any page, unless admitted
 try:
     db = database()
+except DatabaseUnavailable as error:  # restarted or unreachable: it says what happened; nothing to configure
+    st.error(literal(str(error)))
+    st.stop()
 except Exception as error:  # the page must explain, not show a traceback
-    st.error(f"The database could not be opened: {error}")
+    st.error(literal(f"The database could not be opened: {error}"))
     st.info("Check DATABASE_URL (unset it to use the embedded database) and restart the app.")
     st.stop()
 render_sidebar(db)

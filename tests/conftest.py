@@ -107,3 +107,4 @@ def tiny_phi4mini(tmp_path_factory) -> str:
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("EXPERT_STUDIO_MODEL_ROOTS", tempfile.gettempdir())  # tiny test models are built in pytest's temp folders

@@ -25,7 +25,7 @@ def protect_data_dir(path: Path) -> Path:
     if info.st_uid != os.geteuid():
         return path
     mode = 0o700
-    if os.geteuid() == 0 and (path / EMBEDDED_POSTGRES_FOLDER).is_dir():
+    if os.geteuid() == 0:  # also before data/postgres exists: another process may be starting it right now
         mode = 0o710  # Postgres runs as `pgserver` with our group: let the group pass, not read
         if info.st_gid != os.getegid():
             os.chown(path, -1, os.getegid())
