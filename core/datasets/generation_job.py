@@ -10,7 +10,6 @@ before anything is saved, like any other failure: the dataset appears whole or n
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -115,9 +114,11 @@ def _chunk_count(db: Database, collection_id: int) -> int:
 
 
 def _absolute_if_folder(model_id: str) -> str:
-    """A relative model folder means the caller's folder; the job's process runs elsewhere."""
-    path = Path(model_id).expanduser()
-    return str(path.resolve()) if path.is_dir() else model_id
+    """A relative model folder means the caller's folder; the job's process runs elsewhere (only folders
+    under the model roots: core.security.model_sources)."""
+    from core.security.model_sources import absolute_if_allowed_folder
+
+    return absolute_if_allowed_folder(model_id)
 
 
 def run(context: JobContext) -> dict:

@@ -119,7 +119,7 @@ class Embedder:
         return vectors.astype(np.float32, copy=False)
 
 
-def _bundled_folders() -> list[Path]:
+def bundled_folders() -> list[Path]:
     """The bundled model's own folder is allowed as it is (a re-embedded collection may name it)."""
     try:
         return [_bundled_minilm()]
@@ -130,7 +130,7 @@ def _bundled_folders() -> list[Path]:
 def resolve_model_path(name: str, settings: Settings | None = None) -> str:
     """A bundled id, a hub id already in the local cache, or a folder under the model roots; else
     EmbeddingModelError, worded the same whether or not a refused path exists."""
-    return str(locate_model(name, settings=settings, presets=BUNDLED_MODELS, extra_roots=_bundled_folders(),
+    return str(locate_model(name, settings=settings, presets=BUNDLED_MODELS, extra_roots=bundled_folders(),
                             error=EmbeddingModelError))
 
 

@@ -11,15 +11,14 @@ new ones are all there.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict
 
 from core.db import Database
-from core.documents.embeddings import load_embedder
+from core.documents.embeddings import bundled_folders, load_embedder
 from core.documents.library import LibraryError, check_embedder_fits, get_collection, reembed_collection
 from core.jobs.process import JobContext, main_for
 from core.jobs.queue import Job, create_job
+from core.security.model_sources import absolute_if_allowed_folder
 
 KIND = "reembed"
 
@@ -38,9 +37,8 @@ def submit_reembed(db: Database, collection: str, embedding_model: str) -> Job:
     embedding_model = (embedding_model or "").strip()
     if not embedding_model:
         raise LibraryError("Name the new embedding model: a sentence-transformers id, or the folder of one.")
-    folder = Path(embedding_model).expanduser()
-    if folder.is_dir():  # the caller's folder: the job's process runs elsewhere
-        embedding_model = str(folder.resolve())
+    # the caller's folder: the job's process runs elsewhere (only folders the allow-list accepts)
+    embedding_model = absolute_if_allowed_folder(embedding_model, extra_roots=bundled_folders())
     info = get_collection(db, collection)
     check_embedder_fits(info, load_embedder(embedding_model))
     params = ReembedParams(collection=info.name, embedding_model=embedding_model)

@@ -99,9 +99,11 @@ def _same_model(adapter_base: str | None, model: str) -> bool:
 
 
 def _absolute_if_folder(model_id: str) -> str:
-    """A relative model folder means the caller's folder; the job's process runs elsewhere."""
-    path = Path(model_id).expanduser()
-    return str(path.resolve()) if path.is_dir() else model_id
+    """A relative model folder means the caller's folder; the job's process runs elsewhere (only folders
+    under the model roots: core.security.model_sources)."""
+    from core.security.model_sources import absolute_if_allowed_folder
+
+    return absolute_if_allowed_folder(model_id)
 
 
 def _check_question_ids(db: Database, exam_id: int, question_ids: list[int]) -> list[int]:

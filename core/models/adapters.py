@@ -219,13 +219,16 @@ def merge_adapter(db: Database, name: str, output: Path, settings: Settings | No
     """Fold the adapter into full-precision base weights and save a standalone safetensors model
     (with the tokenizer) into `output`, a new or empty folder. Returns the adapter that was merged.
     Exporting safely (staging beside the export, swapping it in) is core.models.merge_job's part."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from core.documents.embeddings import bitsandbytes_deferred
 
-    adapter = find_adapter(db, name, settings)
-    base_path = resolve_model_path(adapter.base_model or "", settings)
-    model = AutoModelForCausalLM.from_pretrained(base_path, dtype="float32")
-    merged = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
+    with bitsandbytes_deferred():  # a full-precision merge: peft need not import 4-bit support
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        adapter = find_adapter(db, name, settings)
+        base_path = resolve_model_path(adapter.base_model or "", settings)
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype="float32")
+        merged = PeftModel.from_pretrained(model, str(adapter.path)).merge_and_unload()
     Path(output).mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter.path if (adapter.path / "tokenizer_config.json").exists() else base_path

@@ -45,6 +45,17 @@ def folder_under_roots(reference: str, roots: Iterable[Path]) -> Path | None:
     return path if any(path.is_relative_to(root) for root in roots) else None
 
 
+def absolute_if_allowed_folder(reference: str, settings: Settings | None = None,
+                               extra_roots: Iterable[Path] = ()) -> str:
+    """A relative model folder means the caller's working folder, but a job's process runs elsewhere: the
+    reference made absolute when it names a folder under the model roots; anything else unchanged, so that
+    the allow-list answers it alike whether or not it exists."""
+    if is_hub_id(reference):
+        return reference
+    path = folder_under_roots(reference, [*model_roots(settings), *extra_roots])
+    return str(path) if path is not None and path.is_dir() else reference
+
+
 def is_hub_id(reference: str) -> bool:
     """`org/name` or `name` as the Hugging Face Hub spells repository ids (no `..`, no leading `/`, `.` or `~`)."""
     from huggingface_hub.errors import HFValidationError
