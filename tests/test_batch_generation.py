@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.models import load_model
-from core.models.batch import generate_batch
+from core.models.batch import _batches, generate_batch
 from core.models.repetition import loop_start
 
 
@@ -43,7 +43,7 @@ def questions():
 
 def test_batched_answers_equal_one_by_one_answers_and_reruns_are_identical(tiny_llama, questions):
     loaded = load_model(tiny_llama)
-    batched = generate_batch(loaded, questions, max_new_tokens=12, batch_size=5)
+    batched = generate_batch(loaded, questions, max_new_tokens=12, batch_size=5, max_batch_prompt_tokens=10**6)
     single = [generate_batch(loaded, [q], max_new_tokens=12, batch_size=1)[0] for q in questions]
     assert [a.text for a in batched] == [a.text for a in single]
     assert [a.new_tokens for a in batched] == [a.new_tokens for a in single]
@@ -51,3 +51,14 @@ def test_batched_answers_equal_one_by_one_answers_and_reruns_are_identical(tiny_
     assert [a.text for a in again] == [a.text for a in batched]
     assert all(a.prompt_tokens > 0 and a.seconds >= a.time_to_first_token > 0 for a in batched)
     assert {a.stopped_by for a in batched} <= {"end of turn", "loop", "max new tokens"}
+
+
+def test_on_a_cpu_a_batch_holds_a_bounded_number_of_prompt_tokens():
+    """Short prompts go many at a time; long ones (RAG prompts) alone: a CPU's batched prefill costs more
+    per prompt than reading prompts one by one (core.models.batch.CPU_BATCH_PROMPT_TOKENS)."""
+    lengths = [60, 60, 70, 80, 300, 400, 1000, 1100]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    assert _batches(order, lengths, 8, 1024) == [[0, 1, 2, 3], [4, 5], [6], [7]]
+    assert _batches(order, lengths, 3, 1024) == [[0, 1, 2], [3, 4], [5], [6], [7]]
+    assert _batches(order, lengths, 8, None) == [list(range(8))]
+    assert _batches([0], [5000], 8, 1024) == [[0]]  # a prompt longer than the budget still goes, alone
