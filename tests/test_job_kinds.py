@@ -169,9 +169,12 @@ def test_cancelling_a_generation_saves_nothing(db, plant, clean_queue, tiny_llam
     before = dataset_rows(db)
     job = submit_generate_dataset(db, name="cancelled-qa", collection=plant, model_id=tiny_llama, max_chunks=None)
     worker = start_worker_thread(db)
-    wait_for(lambda: (get_job(db, job.id).progress or {}).get("done", 0) > 0, message="the first chunk")
+    # Cancelled as soon as it runs: its first progress comes only after a batch of 8 chunks, and a tiny model
+    # writes all 15 chunks' replies in two quick batches (then fails: no usable pair), too fast to wait for.
+    wait_for(lambda: get_job(db, job.id).status == "running", message="the job to start")
     cancel_job(db, job.id)
-    wait_for(lambda: get_job(db, job.id).finished, timeout=15, message="the job to stop")
+    # The job sees the cancel between batches (greedy replies are written 8 chunks at a time).
+    wait_for(lambda: get_job(db, job.id).finished, timeout=120, message="the job to stop")
     worker.join(timeout=30)
     job = get_job(db, job.id)
     assert job.status == "cancelled", failure(db, job.id)
