@@ -190,8 +190,9 @@ def test_a_stale_training_process_is_really_stopped(clean_queue, tiny_llama):
     worker.start()
     wait_for(lambda: (get_job(db, job.id).progress or {}).get("done", 0) >= 3, message="training to start")
     pid = get_job(db, job.id).pid
-    backdate_heartbeat(db, job.id)
-    assert fail_stale_jobs(db) == [job.id]  # as another worker would
+    # as another worker would; the live worker's own beat (every 2 s) can land between the two statements: retry
+    wait_for(lambda: backdate_heartbeat(db, job.id) or fail_stale_jobs(db) == [job.id], timeout=30,
+             message="the job to be declared stale")
     worker.join(timeout=30)
     assert not worker.is_alive()
     job = get_job(db, job.id)

@@ -367,7 +367,8 @@ def test_a_killed_worker_fails_its_job_with_its_log_and_a_new_worker_resumes_it(
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = None
     try:
-        wait_for(lambda: stored_checkpoint(db, job.id), timeout=180, message="a first stored checkpoint")
+        wait_for(lambda: stored_checkpoint(db, job.id) and any(line.startswith("step ") for line in job_log_tail(db, job.id, 500)),
+                 timeout=180, message="a first stored checkpoint and log lines shipped before the kill")
         training = get_job(db, job.id).pid
         first.kill()  # SIGKILL, in the middle of whatever it was writing
         first.wait()
