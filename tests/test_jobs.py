@@ -3,8 +3,11 @@ per host, and the migration that turned training jobs into jobs of a kind."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -234,3 +237,23 @@ def test_training_jobs_survive_the_move_to_one_jobs_table(db):
     assert job.params == {"adapter_name": "old-adapter", "dataset_id": dataset_id, "dataset_name": "old-set",
                           "base_model": "some/model", "method": "lora", "settings": {"rank": 8}}
     assert job.result == {"steps": 3} and job_log_tail(db, job_id) == ["trained"]
+
+
+def test_a_torch_save_cut_short_by_a_file_size_limit_reads_as_a_full_disk(tmp_path):
+    """torch.save's zip writer drops the errno of a short write ("unexpected pos A vs B"); the job's
+    reason still says the disk is full for it, and why. Real torch.save, in a child process under a
+    file size limit (RLIMIT_FSIZE needs no privileges)."""
+    script = f"""
+import resource, sys, torch
+from pathlib import Path
+from core.jobs.process import default_explanation
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    torch.save({{"weights": torch.zeros(100_000)}}, {str(tmp_path / "optimizer.pt")!r})
+except BaseException as error:
+    print(default_explanation(error, Path({str(tmp_path)!r})))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.startswith("The disk is full for this job"), done.stdout + done.stderr
+    assert "File too large" in done.stdout and "resume the job" in done.stdout

@@ -167,8 +167,20 @@ def _disk_full(error: BaseException | None) -> str | None:
         for text, code in texts.items():
             if text in str(error):
                 return limits[code]
+        if "inline_container.cc" in str(error) and "unexpected pos" in str(error):
+            return limits[_why_a_write_was_cut_short()]
         error = error.__cause__ or error.__context__
     return None
+
+
+def _why_a_write_was_cut_short() -> int:
+    """torch.save's zip writer reports a short write as "unexpected pos A vs B" and drops the errno:
+    a file size limit on this process (EFBIG) if one is set, otherwise a full disk or quota."""
+    import errno
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return errno.EFBIG if soft != resource.RLIM_INFINITY else errno.ENOSPC
 
 
 def main_for(work: Callable[[JobContext], dict | None], explain=None) -> None:
