@@ -133,7 +133,8 @@ def cmd_collections(args) -> int:
                   f"({c.embedding_dim} dims), chunks of {c.chunk_tokens} tokens, overlap {c.chunk_overlap}")
     elif args.action == "create":
         c = create_collection(
-            db, args.name, embedding_model=args.embedding_model, chunk_tokens=args.chunk_tokens, chunk_overlap=args.chunk_overlap
+            db, args.name, embedding_model=_embedding_reference(args), chunk_tokens=args.chunk_tokens,
+            chunk_overlap=args.chunk_overlap,
         )
         _result(args, asdict(c), f"Created {c.name!r} ({c.embedding_model}, {c.embedding_dim} dims).")
     elif args.action == "delete":
@@ -144,8 +145,26 @@ def cmd_collections(args) -> int:
     elif args.action == "reembed":
         if not args.embedding_model:
             raise UserError("Name the new model with --embedding-model.")
-        return _queued(args, submit_reembed(db, args.name, args.embedding_model))
+        return _queued(args, submit_reembed(db, args.name, _embedding_reference(args)))
     return 0
+
+
+def _embedding_reference(args) -> str | None:
+    """--embedding-model with --dimensions (API models) and --trust-remote-code folded into the one reference
+    the collection records (core/documents/embedding_api.py); warns on stderr when code will run."""
+    from core.documents.embedding_api import embedding_reference
+
+    if not args.embedding_model:
+        if args.dimensions is not None or args.trust_remote_code:
+            raise UserError("--dimensions and --trust-remote-code go with --embedding-model.")
+        return None
+    reference = embedding_reference(args.embedding_model, dimensions=args.dimensions,
+                                    trust_remote_code=args.trust_remote_code)
+    if args.trust_remote_code:
+        print(f"warning: {args.embedding_model} may run Python code from its repository on this machine, in every "
+              "process that embeds for this collection. Use --trust-remote-code only for a repository you trust.",
+              file=sys.stderr)
+    return reference
 
 
 def cmd_db(args) -> int:
@@ -337,6 +356,7 @@ def cmd_adapters(args) -> int:
         list_adapters,
         zip_adapter,
     )
+    from core.models.gguf_export import submit_gguf_export
     from core.models.merge_job import submit_merge
 
     db = _database()
@@ -365,6 +385,8 @@ def cmd_adapters(args) -> int:
         print(f"Wrote {target}.")
     elif args.action == "merge":
         return _queued(args, submit_merge(db, args.name, args.output))
+    elif args.action == "export-gguf":
+        return _queued(args, submit_gguf_export(db, args.name, args.type, args.output))
     elif args.action == "delete":
         delete_adapter(db, args.name)
         print(f"Deleted adapter {args.name!r}.")
@@ -758,7 +780,12 @@ def build_parser() -> argparse.ArgumentParser:
     collections = commands.add_parser("collections", help="list, create, delete or re-embed collections")
     collections.add_argument("action", choices=("list", "create", "delete", "reembed"))
     collections.add_argument("name", nargs="?")
-    collections.add_argument("--embedding-model", help="sentence-transformers id, or a folder under the model roots")
+    collections.add_argument("--embedding-model", help="sentence-transformers id, a folder under the model roots, or an "
+                             "API model: openai:text-embedding-3-small, api:NAME (EXPERT_STUDIO_EMBEDDING_API_BASE), "
+                             "azure:DEPLOYMENT")
+    collections.add_argument("--dimensions", type=int, help="API models: ask for shorter vectors (text-embedding-3)")
+    collections.add_argument("--trust-remote-code", action="store_true",
+                             help="local models: allow running code from the model's repository (only one you trust)")
     collections.add_argument("--chunk-tokens", type=int)
     collections.add_argument("--chunk-overlap", type=int)
     collections.add_argument("--yes", action="store_true", help="confirm delete")
@@ -852,13 +879,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--exit-when-idle", type=float, help="exit after this many seconds without jobs")
     worker.set_defaults(handler=cmd_worker)
 
-    adapters = commands.add_parser("adapters", help="list, import, export (zip), merge or delete fine-tuned adapters")
-    adapters.add_argument("action", choices=("list", "import", "export", "merge", "delete"))
+    adapters = commands.add_parser("adapters", help="list, import, export (zip), merge, export-gguf (merged, for "
+                                   "Ollama and llama.cpp) or delete fine-tuned adapters")
+    adapters.add_argument("action", choices=("list", "import", "export", "merge", "export-gguf", "delete"))
     adapters.add_argument("name", nargs="?", metavar="NAME", help="the adapter (import: the PEFT folder to import)")
     adapters.add_argument("--name", dest="as_name", help="import: the adapter's name (default: the folder's name)")
     adapters.add_argument("--output", help="export: zip path; merge: output folder (new, empty, or one a merge "
-                          "exported before; it is replaced whole)")
-    adapters.add_argument("--no-wait", action="store_true", help="merge: queue the job and return at once")
+                          "exported before; it is replaced whole); export-gguf: a new .gguf file or a folder "
+                          "(default: <models dir>/gguf/NAME-TYPE.gguf)")
+    adapters.add_argument("--type", choices=("f16", "q8_0", "q4_0"), default="q4_0",
+                          help="export-gguf: the weights' type (default q4_0, 4-bit; q8_0 8-bit; f16 unquantized)")
+    adapters.add_argument("--no-wait", action="store_true", help="merge, export-gguf: queue the job and return at once")
     adapters.add_argument("--json", action="store_true")
     adapters.set_defaults(handler=cmd_adapters)
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -60,6 +60,38 @@ class Settings(BaseSettings):
         default=DEFAULT_EMBEDDING_MODEL,
         description="Embedding model for new collections: a sentence-transformers id or a folder under the model roots.",
     )
+    # Embeddings through an OpenAI-compatible API (core/documents/embedding_api.py): models named openai:, api:, azure:.
+    embedding_api_base: str = Field(
+        default="https://api.openai.com/v1",
+        description="Base URL of the embeddings endpoint, before /embeddings (a local server: e.g. http://127.0.0.1:7997/v1; "
+        "Azure: https://NAME.openai.azure.com).",
+    )
+    embedding_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("EXPERT_STUDIO_EMBEDDING_API_KEY", "OPENAI_API_KEY"),
+        description="Key for the embeddings endpoint; else read from .streamlit/secrets.toml. Never stored or shown.",
+    )
+    embedding_api_version: str = Field(default="2024-10-21", description="Azure OpenAI's api-version (azure: models).")
+    embedding_api_batch_size: int = Field(default=64, ge=1, le=2048, description="Texts sent in one embeddings request.")
+    embedding_api_max_batch_tokens: int = Field(
+        default=200_000, ge=1, description="Tokens sent in one request at most (OpenAI takes 300,000 a request)."
+    )
+    embedding_api_max_input_tokens: dict[str, int] = Field(
+        default_factory=dict,
+        description='Longest input per API model, in tokens, as JSON ({"my-model": 2048}); OpenAI\'s models are known '
+        "(8,191), a model also present here uses its own limit.",
+    )
+    embedding_api_default_max_input_tokens: int = Field(
+        default=512, ge=1, description="Longest input, in tokens, of an API model that is neither configured nor known."
+    )
+    embedding_api_tokenizer: str = Field(
+        default=DEFAULT_EMBEDDING_MODEL,
+        description="Local model whose tokenizer sizes chunks for an API model that is not present here (an estimate).",
+    )
+    embedding_api_max_retries: int = Field(default=5, ge=0, le=20, description="Retries on 429, 5xx and lost connections.")
+    embedding_api_backoff_s: float = Field(default=1.0, ge=0, description="First wait before a retry; doubles each time.")
+    embedding_api_max_wait_s: float = Field(default=60.0, ge=0, description="Longest wait before a retry (Retry-After too).")
+    embedding_api_timeout_s: float = Field(default=60.0, gt=0, description="Longest wait for one embeddings request.")
     # Which models may be loaded, and how many stay in memory (core/security/model_sources.py, core/models/loading.py).
     model_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 
 import streamlit as st
 
@@ -12,6 +13,7 @@ from core.jobs.queue import list_jobs
 from core.jobs.worker import ensure_local_worker
 from core.models import PRESETS as MODEL_PRESETS
 from core.models.adapters import adapter_record, list_adapters, zip_adapter
+from core.models.gguf_export import submit_gguf_export
 from core.models.merge_job import submit_merge
 from core.training.spec import PRESETS, TrainingSettings
 from core.training.submit import JobPlan, plan_job, submit_job
@@ -112,6 +114,7 @@ def adapters() -> None:
     if not found:
         st.info("Adapters appear here when a job succeeds; the Ask page can use them at once.")
     merges = tracked_jobs(db, kind="merge", target_key="adapter", state_key="ft_merge_jobs")
+    gguf_exports = tracked_jobs(db, kind="export-gguf", target_key="adapter", state_key="ft_gguf_jobs")
     for adapter in found:
         record = adapter_record(db, adapter.name)
         with st.container(border=True):
@@ -131,11 +134,29 @@ def adapters() -> None:
                     st.rerun()
             if merge is not None:
                 job_view(db, merge.id, on_finish=show_merged)
+            gguf = gguf_exports.get(adapter.name)
+            if st.button("Export as GGUF (merged, 4-bit q4_0, for Ollama and llama.cpp)", key=f"gguf_{adapter.name}",
+                         disabled=gguf is not None and not gguf.finished):
+                with user_errors():
+                    start_tracking(db, submit_gguf_export(db, adapter.name, "q4_0"), "ft_gguf_jobs")
+                    st.rerun()
+            if gguf is not None:
+                job_view(db, gguf.id, on_finish=offer_gguf)
 
 
 def show_merged(job) -> None:
     where = f" on {job.host}" if job.host else ""
     st.success(f"Merged model (safetensors) saved in {code(str((job.result or {}).get('output')))}{literal(where)}.")
+
+
+def offer_gguf(job) -> None:
+    path = Path((job.result or {}).get("output") or "")
+    if not path.is_file():  # written by a worker on another machine, or removed since
+        st.info(f"The GGUF file was saved in {code(str(path))}{literal(f' on {job.host}' if job.host else '')}.")
+        return
+    # A callable: the file is read only when the button is clicked.
+    st.download_button(f"Download {path.name}", data=path.read_bytes, file_name=path.name,
+                       mime="application/octet-stream", key=f"gguf_download_{job.id}", icon=":material/download:")
 
 
 # Only the open tab runs: the estimate reads the model's config and the data, the job view polls.

@@ -1,11 +1,12 @@
-"""Batched greedy generation (left padding) and the loop guard that judges only generated tokens."""
+"""Batched greedy generation (left padding; on a CPU each prompt prefilled alone, the batch decoded
+together) and the loop guard that judges only generated tokens."""
 
 from __future__ import annotations
 
 import pytest
 
 from core.models import load_model
-from core.models.batch import _batches, generate_batch
+from core.models.batch import generate_batch
 from core.models.repetition import loop_start
 
 
@@ -43,7 +44,7 @@ def questions():
 
 def test_batched_answers_equal_one_by_one_answers_and_reruns_are_identical(tiny_llama, questions):
     loaded = load_model(tiny_llama)
-    batched = generate_batch(loaded, questions, max_new_tokens=12, batch_size=5, max_batch_prompt_tokens=10**6)
+    batched = generate_batch(loaded, questions, max_new_tokens=12, batch_size=5, prefill_one_by_one=False)
     single = [generate_batch(loaded, [q], max_new_tokens=12, batch_size=1)[0] for q in questions]
     assert [a.text for a in batched] == [a.text for a in single]
     assert [a.new_tokens for a in batched] == [a.new_tokens for a in single]
@@ -53,12 +54,18 @@ def test_batched_answers_equal_one_by_one_answers_and_reruns_are_identical(tiny_
     assert {a.stopped_by for a in batched} <= {"end of turn", "loop", "max new tokens"}
 
 
-def test_on_a_cpu_a_batch_holds_a_bounded_number_of_prompt_tokens():
-    """Short prompts go many at a time; long ones (RAG prompts) alone: a CPU's batched prefill costs more
-    per prompt than reading prompts one by one (core.models.batch.CPU_BATCH_PROMPT_TOKENS)."""
-    lengths = [60, 60, 70, 80, 300, 400, 1000, 1100]
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    assert _batches(order, lengths, 8, 1024) == [[0, 1, 2, 3], [4, 5], [6], [7]]
-    assert _batches(order, lengths, 3, 1024) == [[0, 1, 2], [3, 4], [5], [6], [7]]
-    assert _batches(order, lengths, 8, None) == [list(range(8))]
-    assert _batches([0], [5000], 8, 1024) == [[0]]  # a prompt longer than the budget still goes, alone
+@pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_phi3", "tiny_phi4mini"])
+def test_prompts_prefilled_one_by_one_then_decoded_together_answer_as_each_alone(architecture, questions, request):
+    """The CPU path: each prompt read into its own cache, the caches stacked with left padding, one
+    decode for the batch. Prompts of different lengths keep their own positions, so each answer is the
+    one the prompt gets alone, and the one a batched prefill gives."""
+    loaded = load_model(request.getfixturevalue(architecture))
+    long_question = [{"role": "user", "content": "Passage: " + "the seal is replaced by the fitter every year. " * 12
+                      + "Question: how often is the seal replaced?"}]
+    conversations = [*questions, long_question]
+    stacked = generate_batch(loaded, conversations, max_new_tokens=10, batch_size=6, prefill_one_by_one=True)
+    at_once = generate_batch(loaded, conversations, max_new_tokens=10, batch_size=6, prefill_one_by_one=False)
+    single = [generate_batch(loaded, [c], max_new_tokens=10, batch_size=1)[0] for c in conversations]
+    assert [a.text for a in stacked] == [a.text for a in single] == [a.text for a in at_once]
+    assert [a.new_tokens for a in stacked] == [a.new_tokens for a in single]
+    assert all(a.new_tokens > 0 for a in stacked)

@@ -218,7 +218,8 @@ def insert_exam(db, collection: str | None, questions: int = 30, name: str | Non
 
 
 def insert_run(db, exam_id: int, questions: list[int], scores: dict[str, list[float]], latency: dict[str, float],
-               adapter: str | None = None, finished: bool = True, settings: str = "{}") -> int:
+               adapter: str | None = None, finished: bool = True, settings: str = "{}",
+               similarity: dict[str, list[float]] | None = None, looped: dict[str, list[float]] | None = None) -> int:
     with db.engine.begin() as connection:
         run_id = connection.execute(
             text("INSERT INTO eval_runs (exam_id, model, adapter, variants, settings, finished_at) "
@@ -226,11 +227,16 @@ def insert_run(db, exam_id: int, questions: list[int], scores: dict[str, list[fl
             {"e": exam_id, "a": adapter, "v": list(scores), "f": finished, "s": settings},
         ).scalar_one()
         for variant, values in scores.items():
-            for question_id, value in zip(questions, values, strict=True):
+            for number, (question_id, value) in enumerate(zip(questions, values, strict=True)):
+                stored = {"token_f1": value, "exact_match": 0}
+                if similarity and variant in similarity:
+                    stored["similarity"] = similarity[variant][number]
+                if looped and variant in looped:
+                    stored["looped"] = looped[variant][number]
                 connection.execute(
                     text("INSERT INTO eval_answers (run_id, question_id, variant, answer, scores, latency_seconds) "
                          "VALUES (:r, :q, :v, 'a', CAST(:s AS jsonb), :l)"),
-                    {"r": run_id, "q": question_id, "v": variant, "s": f'{{"token_f1": {value}, "exact_match": 0}}',
+                    {"r": run_id, "q": question_id, "v": variant, "s": json.dumps(stored),
                      "l": latency[variant]},
                 )
     return run_id
@@ -286,6 +292,39 @@ def test_measured_gain_of_both_over_rag_recommends_both(db, exam, adapter):
     lead = advice.reasons[0]
     assert "over RAG alone" in lead and "at 2.1 s per answer, after 42 s of training" in lead and len(numbers(lead)) >= 3
     assert advice.as_dict()["evidence"][0]["text"].startswith("token F1: Base model: 0.")
+
+
+def test_a_gain_in_token_f1_alone_is_flagged_by_the_similarity_and_the_loops_are_named(db, exam):
+    """Token F1 can rise because answers got shorter or stopped looping; the advisor says when the
+    similarity to the reference does not confirm the gain, and how often each variant looped."""
+    exam_id, questions = exam
+    rng = np.random.default_rng(4)
+    same = noisy(rng, 0.6, 30)
+    insert_run(db, exam_id, questions, {"base": noisy(rng, 0.1, 30), "rag": noisy(rng, 0.5, 30)}, {"base": 0.9, "rag": 1.8},
+               similarity={"base": same, "rag": [s + float(rng.normal(0, 0.02)) for s in same]},
+               looped={"base": [1.0] * 12 + [0.0] * 18, "rag": [1.0] * 3 + [0.0] * 27})
+    advice = advise(db)
+    assert advice.recommendation == "rag" and advice.reasons[0].startswith("Base + RAG +0.")
+    caveat = advice.reasons[1]
+    assert caveat.startswith("Similarity to the reference shows no detectable difference") and len(numbers(caveat)) >= 3, caveat
+    assert "Compare page" in caveat
+    assert advice.reasons[2] == "Answers that looped: the base model 40%, Base + RAG 10%."
+
+    insert_run(db, exam_id, questions, {"base": noisy(rng, 0.1, 30), "rag": noisy(rng, 0.5, 30)}, {"base": 0.9, "rag": 1.8},
+               similarity={"base": noisy(rng, 0.3, 30), "rag": noisy(rng, 0.7, 30)})
+    agreed = advise(db)
+    assert agreed.reasons[1].startswith("Similarity to the reference agrees: +0."), agreed.reasons
+    assert not any("separate runs" in r for r in agreed.reasons)  # base and RAG timed in one run
+
+
+def test_latencies_from_separate_runs_are_not_weighed_without_a_warning(db, exam, adapter):
+    exam_id, questions = exam
+    rng = np.random.default_rng(5)
+    insert_run(db, exam_id, questions, {"base": noisy(rng, 0.1, 30), "rag": noisy(rng, 0.5, 30)}, {"base": 0.9, "rag": 1.8})
+    insert_run(db, exam_id, questions, {"ft": noisy(rng, 0.1, 30), "rag+ft": noisy(rng, 0.5, 30)}, {"ft": 5.0, "rag+ft": 9.0},
+               adapter=adapter)
+    advice = advise(db)
+    assert any("separate runs" in r and "one run" in r for r in advice.reasons), advice.reasons
 
 
 def test_a_knowledge_update_run_is_not_weighed(db, exam):

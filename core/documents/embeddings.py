@@ -142,14 +142,52 @@ def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, *, settings: Settings | N
     """Load `name` once per process (the app's threads, the CLI and tests share it). At most
     `max_loaded_embedding_models` stay loaded; the least recently used one is dropped first."""
     settings = settings or get_settings()
+    from core.documents.embedding_api import load_api_embedder, parse_reference
+
+    reference = parse_reference(name)  # openai:/api:/azure: models embed over HTTP (core/documents/embedding_api.py)
+    if reference.is_api:
+        return load_api_embedder(name, settings)
     with _lock:
         if name in _loaded:
             _loaded.move_to_end(name)
             return _loaded[name]
-        path = resolve_model_path(name, settings)  # refused names never evict anything
+        path = resolve_model_path(reference.model, settings)  # refused names never evict anything
+        check_remote_code(name, path, reference.trust_remote_code)
         _evict(keep=settings.max_loaded_embedding_models - 1)
-        _loaded[name] = Embedder(name=name, model=_load_sentence_transformer(name, path))
+        _loaded[name] = Embedder(name=name, model=_load_sentence_transformer(name, path, reference.trust_remote_code))
         return _loaded[name]
+
+
+def remote_code_files(path: str | Path) -> list[str]:
+    """What in a model folder asks to run the repository's own Python code (config auto_map, custom modules)."""
+    import json
+
+    folder, found = Path(path), []
+    for config_name in ("config.json", "tokenizer_config.json"):
+        try:
+            config = json.loads((folder / config_name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict) and config.get("auto_map"):
+            found.append(f"{config_name} auto_map")
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        found += [f"modules.json {m['type']}" for m in modules
+                  if isinstance(m, dict) and not str(m.get("type", "sentence_transformers.")).startswith("sentence_transformers.")]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return found
+
+
+def check_remote_code(name: str, path: str | Path, trusted: bool) -> None:
+    """Running code from a model repository is an explicit opt-in of the collection that names it."""
+    needs = remote_code_files(path)
+    if needs and not trusted:
+        raise EmbeddingModelError(
+            f"Embedding model {name!r} runs Python code from its repository ({', '.join(needs)}), which is refused "
+            "unless the collection opts in: create it with --trust-remote-code (the page: 'Trust remote code'), which "
+            f"records the model as '{name}?trust_remote_code=true'. Do that only for a repository you trust."
+        )
 
 
 def _evict(keep: int) -> None:
@@ -161,12 +199,12 @@ def _evict(keep: int) -> None:
     gc.collect()
 
 
-def _load_sentence_transformer(name: str, path: str):
+def _load_sentence_transformer(name: str, path: str, trust_remote_code: bool = False):
     with bitsandbytes_deferred():
         from sentence_transformers import SentenceTransformer
 
     try:
-        return SentenceTransformer(path, device="cpu", local_files_only=True)
+        return SentenceTransformer(path, device="cpu", local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as error:  # the libraries raise OSError, ValueError, HFValidationError...
         raise EmbeddingModelError(
             f"Embedding model {name!r} could not be loaded offline ({type(error).__name__}: {error}). "

@@ -39,6 +39,7 @@ CHANGES = ("rarely", "monthly", "weekly+")
 TRAINING_DATA = ("none", "<100", "100-1000", ">1000")
 SCORE = "token_f1"  # the key scoring writes into eval_answers.scores
 SCORE_LABEL = "token F1"
+CHECK = "similarity"  # a second measure of the same gain: embedding similarity to the reference
 MIN_QUESTIONS = 40  # an exam smaller than this rarely shows a real difference
 
 
@@ -187,6 +188,9 @@ class Measurements:
     scores: dict[str, dict[int, float]]  # variant → question id → token F1
     latency: dict[str, float]  # variant → mean seconds per answer
     train_seconds: float | None
+    checks: dict[str, dict[int, float]] = field(default_factory=dict)  # variant → question id → similarity
+    looped: dict[str, dict[int, float]] = field(default_factory=dict)  # variant → question id → 1.0 if it looped
+    latency_runs: dict[str, set[int]] = field(default_factory=dict)  # variant → the runs its latencies come from
 
     @property
     def source(self) -> str:
@@ -199,12 +203,18 @@ class Measurements:
     def mean(self, variant: str) -> Interval:
         return bootstrap_mean(self.scores[variant].values())
 
-    def difference(self, a: str, b: str) -> Interval | None:
-        """Paired a − b over the questions both answered, or None when they share none."""
-        common = sorted(set(self.scores.get(a, {})) & set(self.scores.get(b, {})))
+    def difference(self, a: str, b: str, values: dict[str, dict[int, float]] | None = None) -> Interval | None:
+        """Paired a − b of `values` (default: token F1) over the questions both answered, or None
+        when they share none."""
+        values = self.scores if values is None else values
+        common = sorted(set(values.get(a, {})) & set(values.get(b, {})))
         if not common:
             return None
-        return paired_difference([self.scores[a][q] for q in common], [self.scores[b][q] for q in common])
+        return paired_difference([values[a][q] for q in common], [values[b][q] for q in common])
+
+    def loop_share(self, variant: str) -> float | None:
+        marks = self.looped.get(variant)
+        return sum(marks.values()) / len(marks) if marks else None
 
 
 def _changed_references(settings: dict) -> bool:
@@ -226,7 +236,10 @@ def load_measurements(db: Database, *, exam: str | None = None) -> Measurements 
         return None
     newest = runs[0]  # newest first
     scores: dict[str, dict[int, float]] = {}
+    checks: dict[str, dict[int, float]] = {}
+    looped: dict[str, dict[int, float]] = {}
     latencies: dict[str, list[float]] = {}
+    latency_runs: dict[str, set[int]] = {}
     used: list[int] = []
     adapter: str | None = None
     seen: set[tuple[int, str]] = set()
@@ -242,14 +255,19 @@ def load_measurements(db: Database, *, exam: str | None = None) -> Measurements 
             contributed = True
             if (score := answer.value(SCORE)) is not None:
                 scores.setdefault(answer.variant, {})[answer.question_id] = float(score)
+            if (check := answer.value(CHECK)) is not None:
+                checks.setdefault(answer.variant, {})[answer.question_id] = float(check)
+            if (loop := answer.value("looped")) is not None:
+                looped.setdefault(answer.variant, {})[answer.question_id] = float(loop)
             if answer.latency_seconds is not None:
                 latencies.setdefault(answer.variant, []).append(float(answer.latency_seconds))
+                latency_runs.setdefault(answer.variant, set()).add(run.id)
         if contributed:
             used.append(run.id)
     return Measurements(
         exam=newest.exam, exam_id=newest.exam_id, runs=sorted(used), model=newest.model, adapter=adapter, scores=scores,
         latency={variant: sum(values) / len(values) for variant, values in latencies.items()},
-        train_seconds=_train_seconds(db, adapter),
+        train_seconds=_train_seconds(db, adapter), checks=checks, looped=looped, latency_runs=latency_runs,
     )
 
 
@@ -304,16 +322,20 @@ def _measured_advice(db: Database, m: Measurements, prior: Recommendation | None
 
     training = f", after {m.train_seconds:,.0f} s of training" if m.train_seconds is not None else ""
     reasons: list[str] = []
+    lead: tuple[str, str] | None = None  # the measured gain the recommendation rests on
     if judged("rag+ft", "rag") == BETTER and judged("rag+ft", "ft") != WORSE:
         recommendation: Recommendation = "rag+fine-tune"
+        lead = ("rag+ft", "rag")
         reasons.append(f"{gain('rag+ft', 'rag')} at {cost('rag+ft')}{training}.")
         if ("rag", "base") in differences:
             reasons.append(f"RAG on its own: {gain('rag', 'base')} at {cost('rag')}.")
     elif judged("ft", "rag") == BETTER:
         recommendation = "fine-tune"
+        lead = ("ft", "rag")
         reasons.append(f"{gain('ft', 'rag')} at {cost('ft')} (RAG: {cost('rag')}){training}.")
     elif judged("rag", "base") == BETTER:
         recommendation = "rag"
+        lead = ("rag", "base")
         reasons.append(f"{gain('rag', 'base')} at {cost('rag')} (the base model: {cost('base')}).")
         if ("rag+ft", "rag") in differences:
             reasons.append(f"The adapter adds no measurable gain on top of RAG: {gain('rag+ft', 'rag')}, at "
@@ -322,6 +344,7 @@ def _measured_advice(db: Database, m: Measurements, prior: Recommendation | None
             reasons.append(f"The fine-tuned model alone: {gain('ft', 'base')} at {cost('ft')}{training}.")
     elif judged("ft", "base") == BETTER:
         recommendation = "fine-tune"
+        lead = ("ft", "base")
         reasons.append(f"{gain('ft', 'base')} at {cost('ft')}{training}.")
     else:
         recommendation = prior if prior not in (None, "run an evaluation first") else "rag"
@@ -335,6 +358,13 @@ def _measured_advice(db: Database, m: Measurements, prior: Recommendation | None
         reasons.append(f"Until they do, the {'answers to the questions' if prior else 'cheaper choice'} decide: "
                        f"{RECOMMENDATION_LABELS[recommendation]} ({'no training' if recommendation == 'rag' else 'see below'}).")
 
+    if lead is not None:
+        reasons[1:1] = _second_opinion(m, *lead)
+    compared = {variant for variant in ("base", "rag", "ft", "rag+ft") if variant in m.latency and m.has(variant)}
+    runs = {variant: m.latency_runs.get(variant, set()) for variant in compared}
+    if len({frozenset(r) for r in runs.values()}) > 1:
+        reasons.append("The latencies come from separate runs, which can differ in batching and in the machine's load: "
+                       "compare latencies measured in one run (score the variants together) before weighing them.")
     if prior and prior != recommendation and prior != "run an evaluation first":
         reasons.append(f"Your answers to the questions pointed to {RECOMMENDATION_LABELS[prior]}; the measured "
                        "differences above weigh more.")
@@ -342,6 +372,30 @@ def _measured_advice(db: Database, m: Measurements, prior: Recommendation | None
         reasons.append(f"{SCORE_LABEL[0].upper()}{SCORE_LABEL[1:]} measures the facts, not the house style: compare the answers side "
                        "by side on the Compare page to judge the style.")
     return recommendation, reasons, evidence, _next_measured_step(m, _newest_adapter(db, m.model))
+
+
+def _second_opinion(m: Measurements, a: str, b: str) -> list[str]:
+    """What a second measure says of the gain of `a` over `b`: similarity to the reference, and how
+    often each looped. Token F1 rewards short answers in the reference's words, so a gain that the
+    similarity does not show may be the answers' form (shorter, fewer loops) more than their facts."""
+    said: list[str] = []
+    check = m.difference(a, b, m.checks)
+    if check is not None:
+        judged = verdict(check)
+        numbers = f"{check.mean:+.2f} (95% CI {check.low:+.2f}…{check.high:+.2f}, {check.n} questions)"
+        if judged == BETTER:
+            said.append(f"Similarity to the reference agrees: {numbers}.")
+        elif judged == WORSE:
+            said.append(f"But similarity to the reference is worse: {numbers}; read answers side by side on the Compare "
+                        "page before relying on the gain.")
+        else:
+            said.append(f"Similarity to the reference shows no detectable difference: {numbers}. The gain may lie in "
+                        "the answers' form (shorter, fewer loops) more than in their facts: read a few answers side by "
+                        "side on the Compare page before relying on it.")
+    loops_a, loops_b = m.loop_share(a), m.loop_share(b)
+    if loops_a is not None and loops_b is not None and (loops_a or loops_b):
+        said.append(f"Answers that looped: {_name(b)} {loops_b:.0%}, {LABELS[a]} {loops_a:.0%}.")
+    return said
 
 
 def _next_measured_step(m: Measurements, newest_adapter: str | None) -> str:

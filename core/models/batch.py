@@ -30,52 +30,39 @@ class BatchAnswer:
 
 # On a CPU a batch's prefill costs more per prompt than prompts read one by one (measured with SmolLM2,
 # 1 thread: 1,000-token prompts cost 1.3x each in a batch of 4 without padding, 2.1x with left padding,
-# which rules out the fused causal attention kernel), while decoding gains from batching. So on a CPU a
-# batch holds at most this many prompt tokens (batch size x its longest prompt): short prompts (a plain
-# question, ~60 tokens) still go 8 at a time; RAG prompts (~1,000 tokens) go one by one.
-CPU_BATCH_PROMPT_TOKENS = 1024
+# which rules out the fused causal attention kernel), while decoding gains from batching: one step reads
+# the weights once for every sequence. So on a CPU each prompt is read alone into its own cache, the
+# caches are stacked (left-padded), and the batch decodes together. On a GPU the batch prefills at once.
 
 
 def generate_batch(loaded: LoadedModel, conversations: list[list[dict]], *, max_new_tokens: int = 256,
                    adapter: str | None = None, adapter_path: Path | None = None, batch_size: int = 8,
-                   stop_loops: bool | None = None, max_batch_prompt_tokens: int | None = None) -> list[BatchAnswer]:
+                   stop_loops: bool | None = None, prefill_one_by_one: bool | None = None) -> list[BatchAnswer]:
     """Greedy answers to `conversations` (chat messages each), in their order. `stop_loops`
-    defaults to the `stop_loops` setting; `max_batch_prompt_tokens` (batch size x longest prompt)
-    defaults to CPU_BATCH_PROMPT_TOKENS on a CPU and no limit on a GPU."""
+    defaults to the `stop_loops` setting; `prefill_one_by_one` to True on a CPU, False on a GPU."""
     if stop_loops is None:
         from core.config import get_settings
 
         stop_loops = get_settings().stop_loops
-    if max_batch_prompt_tokens is None and loaded.model.device.type == "cpu":
-        max_batch_prompt_tokens = CPU_BATCH_PROMPT_TOKENS
+    if prefill_one_by_one is None:
+        prefill_one_by_one = loaded.model.device.type == "cpu"
     prompts = [chat_prompt_ids(loaded, messages) for messages in conversations]
-    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))  # little padding per batch
     answers: list[BatchAnswer | None] = [None] * len(prompts)
-    for indexes in _batches(order, [len(p) for p in prompts], max(1, batch_size), max_batch_prompt_tokens):
+    size = max(1, batch_size)
+    for start in range(0, len(order), size):
+        indexes = order[start:start + size]
         batch = generate_token_batch(loaded, [prompts[i] for i in indexes], max_new_tokens=max_new_tokens,
-                                     adapter=adapter, adapter_path=adapter_path, stop_loops=stop_loops)
+                                     adapter=adapter, adapter_path=adapter_path, stop_loops=stop_loops,
+                                     prefill_one_by_one=prefill_one_by_one)
         for index, answer in zip(indexes, batch, strict=True):
             answers[index] = answer
     return answers  # type: ignore[return-value]
 
 
-def _batches(order: list[int], lengths: list[int], batch_size: int, max_prompt_tokens: int | None) -> list[list[int]]:
-    """Consecutive groups of `order` (sorted by length, shortest first) of at most `batch_size`
-    prompts whose count x longest length stays within `max_prompt_tokens` (a prompt alone always goes)."""
-    batches: list[list[int]] = []
-    for index in order:
-        current = batches[-1] if batches else None
-        if (current is not None and len(current) < batch_size
-                and (max_prompt_tokens is None or (len(current) + 1) * lengths[index] <= max_prompt_tokens)):
-            current.append(index)
-        else:
-            batches.append([index])
-    return batches
-
-
 def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_new_tokens: int,
                          adapter: str | None = None, adapter_path: Path | None = None,
-                         stop_loops: bool = True) -> list[BatchAnswer]:
+                         stop_loops: bool = True, prefill_one_by_one: bool = False) -> list[BatchAnswer]:
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -96,10 +83,11 @@ def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_n
     criteria = [StepClock()] + ([loop_stopping_criteria(width)] if stop_loops else [])
     started = time.perf_counter()
     with loaded.lock, torch.inference_mode(), _adapter_active(loaded, adapter, adapter_path):
+        cache = _prefilled_cache(loaded, prompts, width) if prefill_one_by_one and len(prompts) > 1 else None
         output = loaded.model.generate(
             input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
             temperature=None, top_p=None, top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id,
-            stopping_criteria=StoppingCriteriaList(criteria),
+            stopping_criteria=StoppingCriteriaList(criteria), **({"past_key_values": cache} if cache else {}),
         )
     total = time.perf_counter() - started
     first = step_times[0] if step_times else total
@@ -115,6 +103,43 @@ def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_n
         text = loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
         answers.append(BatchAnswer(text, len(prompt), len(ids), seconds, first, stopped_by))
     return answers
+
+
+def _prefilled_cache(loaded: LoadedModel, prompts: list[list[int]], width: int):
+    """The batch's cache of every prompt but its last token, each prompt read alone, stacked with left
+    padding to `width - 1` positions: `generate` then reads only the last tokens, all at once, and
+    decodes the batch together. Each prompt keeps the positions it would have alone (0..n-1, as the
+    attention mask gives them), so its answer is the one it gets alone. None (prefill the batch at
+    once) for caches that are not plain per-layer key/value tensors (sliding windows, hybrids)."""
+    import torch
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    if min(len(p) for p in prompts) < 2:
+        return None
+    caches = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt[:-1]], device=loaded.model.device)
+        try:
+            output = loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)  # no logits for the prompt
+        except TypeError:  # a remote-code model without logits_to_keep
+            output = loaded.model(input_ids=ids, use_cache=True)
+        cache = output.past_key_values
+        if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        caches.append(cache)
+    merged = caches[0]
+    for number, layer in enumerate(merged.layers):
+        layer.keys = torch.cat([_left_padded(c.layers[number].keys, width - 1) for c in caches])
+        layer.values = torch.cat([_left_padded(c.layers[number].values, width - 1) for c in caches])
+    return merged
+
+
+def _left_padded(states, length: int):
+    """(1, heads, n, dim) key or value states with zeros before them up to `length` positions
+    (masked out by the attention mask)."""
+    import torch.nn.functional as F
+
+    return F.pad(states, (0, 0, length - states.shape[-2], 0))
 
 
 def _own_tokens(row: list[int], stop_ids: list[int], pad_id: int) -> tuple[list[int], str]:
