@@ -22,6 +22,7 @@ navigation = st.navigation(
         st.Page("pages/exams.py", title="Exams", icon=":material/quiz:"),
         st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
         st.Page("pages/advisor.py", title="Advisor", icon=":material/recommend:"),
+        st.Page("pages/models.py", title="Models", icon=":material/download:"),
     ],
     position="sidebar" if access.admitted else "hidden",
 )

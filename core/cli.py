@@ -216,6 +216,12 @@ def cmd_models(args) -> int:
     if args.action == "prepare":
         print(f"Bundled model ready in {prepare_bundled_model()}")
         return 0
+    if args.action == "download":
+        from core.models.download_job import submit_download
+
+        if not args.model_id:
+            raise UserError("models download needs a Hugging Face model id, such as microsoft/Phi-3-mini-4k-instruct.")
+        return _queued(args, submit_download(_database(), args.model_id, args.revision))
     rows = [{"model": p.model_id, "label": p.label, "available": model_is_available(p.model_id), "note": p.note} for p in PRESETS]
     adapters = [{"adapter": a.name, "base_model": a.base_model, "sha256": a.sha256} for a in list_adapters(_database())]
     if args.json:
@@ -798,15 +804,20 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--collection", "-c", default=DEFAULT_COLLECTION)
     ask.add_argument("--no-rag", action="store_true", help="the model alone, without retrieved passages")
     ask.add_argument("--adapter", help="a fine-tuned LoRA adapter by name (python -m core models list)")
-    ask.add_argument("--model", help="model id, or a folder under the model roots (default: the configured language model)")
+    ask.add_argument("--model", help="model id, a folder under the model roots, or openai:NAME for the model served at "
+                     "EXPERT_STUDIO_CHAT_API_BASE (default: the configured language model)")
     ask.add_argument("--max-new-tokens", type=int)
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--top-p", type=float)
     ask.add_argument("--json", action="store_true", help="print answer, sources and timings as JSON at the end")
     ask.set_defaults(handler=cmd_ask)
 
-    models = commands.add_parser("models", help="list the language models and adapters, or prepare the bundled one")
-    models.add_argument("action", choices=("list", "prepare"))
+    models = commands.add_parser("models", help="list the language models and adapters, prepare the bundled one, or "
+                                                "download one from the Hugging Face Hub (a job)")
+    models.add_argument("action", choices=("list", "prepare", "download"))
+    models.add_argument("model_id", nargs="?", metavar="ID", help="download: the Hub id (language, embedding or reranker model)")
+    models.add_argument("--revision", default="main", help="download: branch, tag or commit (default main)")
+    models.add_argument("--no-wait", action="store_true", help="download: queue the job and return at once")
     models.add_argument("--json", action="store_true")
     models.set_defaults(handler=cmd_models)
 
@@ -897,7 +908,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("question")
     compare.add_argument("--collection", "-c", default=DEFAULT_COLLECTION, help="the RAG variants answer from it")
     compare.add_argument("--adapter", help="the fine-tuned variants' adapter (python -m core adapters list)")
-    compare.add_argument("--model", help="base model id, or a folder under the model roots (default: the configured language model)")
+    compare.add_argument("--model", help="base model id, a folder under the model roots, or openai:NAME for the model served at "
+                         "EXPERT_STUDIO_CHAT_API_BASE (its adapters by their served names; default: the configured language model)")
     compare.add_argument("--variants", help="comma-separated, from base,rag,ft,rag+ft (default: all four with --adapter, "
                                             "else base,rag)")
     compare.add_argument("--max-new-tokens", type=int)

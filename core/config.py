@@ -38,6 +38,29 @@ class Settings(BaseSettings):
         "under the model roots.",
     )
     load_in_4bit: bool = Field(default=False, description="Load the language model in 4-bit (bitsandbytes NF4).")
+    # Answers from an OpenAI-compatible chat endpoint for model references `openai:<served name>`
+    # (core/models/served.py). Its API key is read from the environment only (EXPERT_STUDIO_CHAT_API_KEY,
+    # else OPENAI_API_KEY), never from here, so no settings dump can show it.
+    chat_api_base: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint up to /chat/completions that answers for `openai:<name>` "
+        "(llama.cpp's server: http://127.0.0.1:8080/v1, Ollama: http://127.0.0.1:11434/v1, vLLM: http://127.0.0.1:8000/v1).",
+    )
+    chat_api_model: str | None = Field(
+        default=None, description="The served model name the Ask and Compare pages offer (as openai:<name>)."
+    )
+    chat_api_context_window: int = Field(
+        default=4096, ge=128, le=10_000_000,
+        description="Tokens the served model reads, prompt and answer together; retrieved passages are fitted to it.",
+    )
+    chat_api_tokenizer: str | None = Field(
+        default=None,
+        description="A local model (id or folder, as for language_model) with the served model's tokenizer and chat "
+        "template, to count prompt tokens exactly; unset: counted as characters / 3. Only the tokenizer is loaded.",
+    )
+    chat_api_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for the chat endpoint to connect or send the next piece of an answer."
+    )
     max_new_tokens: int = Field(default=256, ge=1, le=8192, description="Longest answer, in tokens.")
     stop_loops: bool = Field(
         default=True,

@@ -7,6 +7,7 @@ from core.config import get_settings
 from core.documents.library import list_collections
 from core.models import NO_ADAPTER, PRESETS
 from core.models.adapters import list_adapters
+from core.models.served import is_served, served_choices, served_model
 from core.ui.answers import answer_caption, answer_markdown, render_answer, render_sources
 from core.ui.auth import require_access
 from core.ui.errors import user_errors
@@ -29,10 +30,11 @@ adapters = [NO_ADAPTER] + [a.name for a in list_adapters(db)]
 adapter = right.selectbox("Adapter", adapters, key="ask_adapter", help="Fine-tuned LoRA adapters appear here.")
 
 with st.expander("Model and generation settings"):
-    preset_ids = [p.model_id for p in PRESETS]
+    served = served_choices(settings)  # the chat endpoint's model (openai:<name>), when one is configured
+    preset_ids = [p.model_id for p in PRESETS] + list(served)
     default = preset_ids.index(settings.language_model) if settings.language_model in preset_ids else len(preset_ids)
     choice = st.selectbox("Model", [*preset_ids, OTHER_MODEL], index=default, key="ask_model",
-                          format_func=lambda m: next((p.label for p in PRESETS if p.model_id == m), m))
+                          format_func=lambda m: served.get(m) or next((p.label for p in PRESETS if p.model_id == m), m))
     model_id = st.text_input("Model id or folder", value=settings.language_model if default == len(preset_ids) else "",
                              key="ask_model_other") if choice == OTHER_MODEL else choice
     four_bit = st.checkbox("Load in 4 bits (bitsandbytes NF4)", value=settings.load_in_4bit, key="ask_4bit")
@@ -43,7 +45,7 @@ with st.expander("Model and generation settings"):
     max_new_tokens = c3.number_input("Max new tokens", 1, 8192, settings.max_new_tokens, 16, key="ask_max_new_tokens")
 
 with user_errors(stop=True):
-    loaded = language_model(model_id, four_bit)
+    loaded = served_model(model_id) if is_served(model_id) else language_model(model_id, four_bit)
 st.caption(f"Model: {literal(loaded.description)} · context window {loaded.context_window:,} tokens")
 
 history = st.session_state.setdefault("ask_history", [])
@@ -69,7 +71,7 @@ if question:
         if sources_panel is not None:
             with sources_panel.container():
                 render_sources(answer.sources, turn, cited=[])
-        with text_column:
+        with text_column, user_errors(stop=True):  # a served model's endpoint can fail mid-answer
             # Made safe at every update: a half-written answer must not load an image either.
             stream_markdown(st.empty(), answer.stream(), lambda _: answer_markdown(answer.text, turn, len(answer.sources)))
             st.caption(answer_caption(answer))

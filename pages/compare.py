@@ -13,6 +13,7 @@ from core.evaluation.stats import ALL_WRONG, TIE
 from core.evaluation.votes import record_vote, vote_ranking
 from core.models import NO_ADAPTER, PRESETS
 from core.models.adapters import list_adapters
+from core.models.served import served_choices
 from core.ui.auth import require_access
 from core.ui.compare import ShownComparison, choice_label, render_comparison, render_ranking, reveal_line
 from core.ui.errors import user_errors
@@ -42,10 +43,11 @@ adapter = middle.selectbox("Adapter", adapters, key="compare_adapter", help="The
 blind = right.toggle("Blind mode", key="compare_blind", help="Answers appear as A–D in random order; vote, then see which was which.")
 
 with st.expander("Model and generation settings"):
-    preset_ids = [p.model_id for p in PRESETS]
+    served = served_choices(settings)  # the chat endpoint's model (openai:<name>), when one is configured
+    preset_ids = [p.model_id for p in PRESETS] + list(served)
     default = preset_ids.index(settings.language_model) if settings.language_model in preset_ids else len(preset_ids)
     choice = st.selectbox("Model", [*preset_ids, OTHER_MODEL], index=default, key="compare_model",
-                          format_func=lambda m: next((p.label for p in PRESETS if p.model_id == m), m))
+                          format_func=lambda m: served.get(m) or next((p.label for p in PRESETS if p.model_id == m), m))
     model_id = st.text_input("Model id or folder", value=settings.language_model if default == len(preset_ids) else "",
                              key="compare_model_other") if choice == OTHER_MODEL else choice
     max_new_tokens = st.number_input("Max new tokens", 1, 8192, settings.max_new_tokens, 16, key="compare_max_new_tokens")

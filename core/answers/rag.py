@@ -20,6 +20,7 @@ from core.errors import UserError
 from core.models import NO_ADAPTER, Generation, LoadedModel, count_chat_tokens, load_model, stream_chat
 from core.models.adapters import find_adapter
 from core.models.generation import fold_system_turn_if_refused
+from core.models.served import ServedStats, is_served, served_model, stream_served_chat
 
 # The instruction above the numbered passages. Which one is the default is decided by the benchmark
 # exam (docs/benchmarks.md, "RAG defaults"); the setting `rag_prompt` picks another, and every
@@ -141,6 +142,7 @@ class AnswerTimings:
     tokens_per_second: float = 0.0
     context_tokens: int = 0
     new_tokens: int = 0
+    tokens_estimated: bool = False  # a served model whose server sent no usage: the counts are the app's own
 
 
 @dataclass
@@ -171,6 +173,8 @@ class Answer:
         self.timings.total_seconds = time.perf_counter() - self._started
         self.timings.tokens_per_second = stats.tokens_per_second
         self.timings.new_tokens = stats.new_tokens
+        if isinstance(stats, ServedStats):  # the server's own count of the prompt, when it sent one
+            self.timings.context_tokens, self.timings.tokens_estimated = stats.prompt_tokens, stats.tokens_estimated
         self._generation = None  # done: later streams replay the text; the model threads can go
 
     def complete(self) -> Answer:
@@ -212,10 +216,14 @@ def ask(
     if not question:
         raise QuestionError("Type a question first.")
     max_new_tokens = max_new_tokens or settings.max_new_tokens
-    loaded = load_model(model_id, load_in_4bit=load_in_4bit, settings=settings)
+    # `openai:<name>` is answered by the chat endpoint (core/models/served.py); retrieval stays here.
+    served = is_served(model_id or settings.language_model)
+    loaded = served_model(model_id, settings) if served else load_model(model_id, load_in_4bit=load_in_4bit, settings=settings)
     adapter = adapter or NO_ADAPTER
-    # Adapters live in the database (an answer without RAG may come without one: open it then).
-    adapter_path = find_adapter(db or open_database(settings), adapter, settings).path if adapter != NO_ADAPTER else None
+    # Adapters live in the database (an answer without RAG may come without one: open it then); a served
+    # model's adapter lives on its server, under the adapter's name.
+    adapter_path = (find_adapter(db or open_database(settings), adapter, settings).path
+                    if adapter != NO_ADAPTER and not served else None)
     if use_rag and not collection:
         raise QuestionError("Choose a collection to answer from, or turn RAG off.")
     answer = Answer(question, loaded.model_id, adapter, collection if use_rag else None, _started=started)
@@ -228,7 +236,7 @@ def ask(
         answer.nothing_found, answer.text = True, NOTHING_FOUND.format(collection=collection)
         return answer
     messages = prepared.messages
-    answer._generation = stream_chat(
+    answer._generation = (stream_served_chat if served else stream_chat)(
         loaded, messages, max_new_tokens=max_new_tokens,
         temperature=settings.temperature if temperature is None else temperature,
         top_p=settings.top_p if top_p is None else top_p, adapter=adapter, adapter_path=adapter_path,

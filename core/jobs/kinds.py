@@ -31,6 +31,7 @@ KINDS: dict[str, JobKind] = {
         JobKind("merge", "core.models.merge_job", "Merge an adapter", exclusive=True),
         JobKind("export-gguf", "core.models.gguf_export", "Export to GGUF", exclusive=True),
         JobKind("generate-exam", "core.evaluation.exam_job", "Generate an exam", exclusive=True),
+        JobKind("download", "core.models.download_job", "Download a model", exclusive=False),
     )
 }
 EXCLUSIVE_KINDS = tuple(name for name, kind in KINDS.items() if kind.exclusive)

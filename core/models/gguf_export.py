@@ -298,7 +298,7 @@ def read_vocabulary(model_folder: Path, config: dict, pre_tokenizer: str | None 
             types.append(1)  # NORMAL
     if byte_fallback:  # sentencepiece-style: llama.cpp merges the pair whose result scores highest
         unk = model.get("unk_token")
-        types = [2 if t == unk else kind for t, kind in zip(tokens, types)]
+        types = [2 if t == unk else kind for t, kind in zip(tokens, types, strict=True)]
         scores = [0.0 if kind != 1 else -float(index) for index, kind in enumerate(types)]
         return Vocabulary("llama", None, tokens, types, merges, scores)
     pre = pre_tokenizer or _pre_tokenizer_name(spec.get("pre_tokenizer"))
@@ -349,7 +349,8 @@ def permute_for_rope(weights, heads: int):
 def tensor_type(gguf_name: str, shape: tuple[int, ...], quant_type: str):
     """The GGML type of one tensor: norms f32; with q4_0 the embedding and output q8_0; rows that are
     not whole quant blocks f16 (as llama.cpp does)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as T
 
     if len(shape) < 2:
         return T.F32

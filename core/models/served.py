@@ -12,6 +12,7 @@ and goes nowhere else: not into settings, answers, the database, logs or error m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -93,7 +94,10 @@ class ServedModel:
 def shown_url(url: str) -> str:
     """The endpoint's address without any user:password@ in it."""
     parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))) if parts.hostname else url
+    if not parts.hostname:
+        return url
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def served_model(model_ref: str | None = None, settings: Settings | None = None) -> ServedModel:
@@ -123,7 +127,8 @@ def served_choices(settings: Settings | None = None) -> dict[str, str]:
     settings = settings or get_settings()
     if not settings.chat_api_base:
         return {}
-    names = [settings.chat_api_model, settings.language_model.removeprefix(SERVED_PREFIX) if is_served(settings.language_model) else None]
+    configured = settings.language_model.removeprefix(SERVED_PREFIX) if is_served(settings.language_model) else None
+    names = [settings.chat_api_model, configured]
     where = shown_url(settings.chat_api_base.strip().rstrip("/"))
     return {f"{SERVED_PREFIX}{n.strip()}": f"{n.strip()} (served at {where})" for n in names if n and n.strip()}
 
@@ -212,8 +217,8 @@ class ServedGeneration:
         usage, finish, loop_cut = None, None, None
         started = time.perf_counter()
         try:
-            with httpx2.Client(timeout=served.timeout_s) as client:
-                for event in self._events(client):
+            with httpx2.Client(timeout=served.timeout_s) as client, contextlib.closing(self._events(client)) as events:
+                for event in events:
                     if event.get("usage"):
                         usage = event["usage"]
                     for choice in event.get("choices") or []:
@@ -338,8 +343,9 @@ def _status_error(client, response, served: ServedModel, name: str) -> ServedMod
                                 "models: check that EXPERT_STUDIO_CHAT_API_BASE ends where /chat/completions begins (often /v1).")
     if status == 429:
         wait = response.headers.get("retry-after")
-        return ServedModelError(f"The chat endpoint {where} is limiting requests (429{f', retry after {wait} s' if wait else ''}): "
-                                "ask again in a moment, or raise its rate limit.")
+        after = f", retry after {wait} s" if wait else ""
+        return ServedModelError(f"The chat endpoint {where} is limiting requests (429{after}): ask again in a moment, "
+                                "or raise its rate limit.")
     if status == 400 and "context" in detail.lower():
         return ServedModelError(f"The chat endpoint {where} found the prompt too long ({detail}): set "
                                 "EXPERT_STUDIO_CHAT_API_CONTEXT_WINDOW to the context size the server runs with.")
@@ -355,7 +361,7 @@ def served_names(client, served: ServedModel) -> list[str]:
         data = response.json() if response.status_code == 200 else {}
     except (httpx2.HTTPError, ValueError):
         return []
-    rows = data.get("data") or data.get("models") or [] if isinstance(data, dict) else []
+    rows = (data.get("data") or data.get("models") or []) if isinstance(data, dict) else []
     return [_redact(str(r.get("id") or r.get("name"))) for r in rows if isinstance(r, dict) and (r.get("id") or r.get("name"))]
 
 

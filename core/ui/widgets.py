@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.db import Database
+from core.documents.embedding_api import embedding_reference
 from core.documents.library import CollectionInfo, create_collection, ensure_collection, list_collections
 from core.errors import UserError
 
@@ -33,8 +34,15 @@ def new_collection_form(db: Database) -> None:
         st.text_input("Name", placeholder="e.g. Pump manuals", key="new_collection_name")
         st.text_input(
             "Embedding model", placeholder="default: bundled all-MiniLM-L6-v2", key="new_collection_model",
-            help="A sentence-transformers id in the local cache, or a folder. Fixed once the collection has documents.",
+            help="A sentence-transformers id in the local cache, a folder, or an API model (openai:text-embedding-3-small, "
+            "api:NAME at EXPERT_STUDIO_EMBEDDING_API_BASE, azure:DEPLOYMENT). Fixed once the collection has documents.",
         )
+        st.number_input("Dimensions (API models, optional)", min_value=1, max_value=2000, value=None, step=1,
+                        key="new_collection_dimensions", help="Shorter vectors from models that take it (text-embedding-3).")
+        st.checkbox("Trust remote code", key="new_collection_trust_remote_code",
+                    help="Some local models (jina-embeddings-v2) run Python code from their repository. Only for a "
+                    "repository you trust: that code runs on this server whenever this collection embeds.")
+        st.caption(":material/warning: Trust remote code only for a model repository you trust: its Python code runs here.")
         st.number_input("Chunk size (tokens)", min_value=16, max_value=8192, value=200, step=10, key="new_collection_tokens")
         st.number_input("Overlap (tokens)", min_value=0, max_value=4096, value=40, step=5, key="new_collection_overlap")
         st.form_submit_button("Create", key="create_collection", on_click=_create_collection, args=(db,))
@@ -46,8 +54,15 @@ def _create_collection(db: Database) -> None:
     """Runs before the rerun, while the picker and the popover may still be changed: select the new one, close."""
     state = st.session_state
     try:
+        model = state["new_collection_model"] or None
+        dimensions, trusted = state.get("new_collection_dimensions"), bool(state.get("new_collection_trust_remote_code"))
+        if model is None and (dimensions is not None or trusted):
+            raise UserError("Dimensions and 'Trust remote code' go with an embedding model: name one.")
+        if model is not None:
+            model = embedding_reference(model, dimensions=None if dimensions is None else int(dimensions),
+                                        trust_remote_code=trusted)
         created = create_collection(
-            db, state["new_collection_name"], embedding_model=state["new_collection_model"] or None,
+            db, state["new_collection_name"], embedding_model=model,
             chunk_tokens=int(state["new_collection_tokens"]), chunk_overlap=int(state["new_collection_overlap"]),
         )
     except UserError as error:  # a taken name, or an embedding model that cannot load
