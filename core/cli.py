@@ -68,7 +68,8 @@ def cmd_search(args) -> int:
     from core.documents.search import search
 
     hits = search(
-        _database(), args.query, collection=args.collection, k=args.k, mode=args.mode, document_ids=args.document
+        _database(), args.query, collection=args.collection, k=args.k, mode=args.mode, document_ids=args.document,
+        rerank=not args.no_rerank,
     )
     if args.json:
         _print_json([asdict(h) for h in hits])
@@ -146,6 +147,14 @@ def cmd_collections(args) -> int:
         if not args.embedding_model:
             raise UserError("Name the new model with --embedding-model.")
         return _queued(args, submit_reembed(db, args.name, _embedding_reference(args)))
+    elif args.action == "rerank":
+        from core.documents.rerank import set_collection_reranker
+
+        if bool(args.rerank_model) == bool(args.off):
+            raise UserError("Name the cross-encoder with --rerank-model, or turn reranking off with --off.")
+        model = set_collection_reranker(db, args.name, None if args.off else args.rerank_model)
+        _result(args, {"collection": args.name, "rerank_model": model},
+                f"{args.name!r} reranks its search results with {model}." if model else f"{args.name!r} no longer reranks.")
     return 0
 
 
@@ -772,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=5, help="how many passages (default 5)")
     search.add_argument("--mode", choices=SEARCH_MODES, default="hybrid")
     search.add_argument("--document", type=int, action="append", help="only this document id (repeatable)")
+    search.add_argument("--no-rerank", action="store_true", help="skip the collection's reranker (the fused order)")
     search.add_argument("--json", action="store_true")
     search.set_defaults(handler=cmd_search)
 
@@ -784,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     documents.set_defaults(handler=cmd_documents)
 
     collections = commands.add_parser("collections", help="list, create, delete or re-embed collections")
-    collections.add_argument("action", choices=("list", "create", "delete", "reembed"))
+    collections.add_argument("action", choices=("list", "create", "delete", "reembed", "rerank"))
     collections.add_argument("name", nargs="?")
     collections.add_argument("--embedding-model", help="sentence-transformers id, a folder under the model roots, or an "
                              "API model: openai:text-embedding-3-small, api:NAME (EXPERT_STUDIO_EMBEDDING_API_BASE), "
@@ -796,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     collections.add_argument("--chunk-overlap", type=int)
     collections.add_argument("--yes", action="store_true", help="confirm delete")
     collections.add_argument("--no-wait", action="store_true", help="reembed: queue the job and return at once")
+    collections.add_argument("--rerank-model", help="rerank: a cross-encoder folder under the model roots or a cached "
+                             "hub id (e.g. cross-encoder/ms-marco-MiniLM-L6-v2) that rescores the best hits")
+    collections.add_argument("--off", action="store_true", help="rerank: search without a reranker again")
     collections.add_argument("--json", action="store_true")
     collections.set_defaults(handler=cmd_collections)
 
@@ -878,7 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser("jobs", help="list, show, follow, cancel, resume or delete jobs of every kind")
     jobs.add_argument("action", choices=("list", "show", "logs", "cancel", "resume", "delete"))
-    jobs.add_argument("--kind", help="list: only jobs of this kind (train, generate-dataset, generate-exam, reembed, merge, evaluate)")
+    jobs.add_argument("--kind", help="list: only jobs of this kind (train, generate-dataset, generate-exam, reembed, merge, evaluate, download)")
     jobs.add_argument("id", nargs="?", type=int)
     jobs.add_argument("--follow", action="store_true", help="logs: keep printing until the job ends")
     jobs.add_argument("--lines", type=int, default=40)

@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(
         default=100, ge=1, le=1000, description="HNSW candidate list size at query time (recall vs speed)."
     )
+    # Cross-encoder reranking, for collections that name a reranker (core/documents/rerank.py).
+    rerank_candidates: int = Field(
+        default=50, ge=1, le=1000,
+        description="Best fused hits a collection's cross-encoder rescores; hits below them keep their order after them.",
+    )
+    rerank_batch_size: int = Field(default=32, ge=1, description="(query, passage) pairs scored per forward pass.")
     embed_batch_size: int = Field(default=64, ge=1, description="Chunks embedded per forward pass.")
     embed_group_chunks: int = Field(
         default=512, ge=1, description="Chunks of several files embedded together in one length-sorted pass while ingesting."

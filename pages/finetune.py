@@ -114,7 +114,6 @@ def adapters() -> None:
     if not found:
         st.info("Adapters appear here when a job succeeds; the Ask page can use them at once.")
     merges = tracked_jobs(db, kind="merge", target_key="adapter", state_key="ft_merge_jobs")
-    gguf_exports = tracked_jobs(db, kind="export-gguf", target_key="adapter", state_key="ft_gguf_jobs")
     for adapter in found:
         record = adapter_record(db, adapter.name)
         with st.container(border=True):
@@ -126,22 +125,19 @@ def adapters() -> None:
             # A callable: the zip is built only when this button is clicked, not for every adapter on every rerun.
             left.download_button("Download (zip)", data=partial(zip_adapter, db, adapter.name), file_name=f"{adapter.name}.zip",
                                  mime="application/zip", key=f"download_{adapter.name}", icon=":material/download:")
-            merge = merges.get(adapter.name)
+            merge = merges.get(adapter.name)  # a merge or a GGUF export (a merge job too): one at a time
             if right.button("Merge into the base model and export", key=f"merge_{adapter.name}",
                             disabled=merge is not None and not merge.finished):
                 with user_errors():  # a job of its own: a page refresh or an app restart finds it again
                     start_tracking(db, submit_merge(db, adapter.name), "ft_merge_jobs")
                     st.rerun()
-            if merge is not None:
-                job_view(db, merge.id, on_finish=show_merged)
-            gguf = gguf_exports.get(adapter.name)
-            if st.button("Export as GGUF (merged, 4-bit q4_0, for Ollama and llama.cpp)", key=f"gguf_{adapter.name}",
-                         disabled=gguf is not None and not gguf.finished):
+            if right.button("Export as GGUF (merged, 4-bit, for Ollama and llama.cpp)", key=f"gguf_{adapter.name}",
+                            disabled=merge is not None and not merge.finished):
                 with user_errors():
-                    start_tracking(db, submit_gguf_export(db, adapter.name, "q4_0"), "ft_gguf_jobs")
+                    start_tracking(db, submit_gguf_export(db, adapter.name, "q4_0"), "ft_merge_jobs")
                     st.rerun()
-            if gguf is not None:
-                job_view(db, gguf.id, on_finish=offer_gguf)
+            if merge is not None:
+                job_view(db, merge.id, on_finish=offer_gguf if merge.params.get("gguf") else show_merged)
 
 
 def show_merged(job) -> None:

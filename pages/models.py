@@ -4,7 +4,7 @@ progress survives a page refresh."""
 import streamlit as st
 
 from core.models import PRESETS
-from core.models.download import copy_in_instructions, hub_offline
+from core.models.download import ALLOW_DOWNLOADS, copy_in_instructions, hub_offline
 from core.models.download_job import KIND, submit_download
 from core.models.registry import model_is_available
 from core.ui.auth import require_access
@@ -30,7 +30,7 @@ st.dataframe(
 
 st.subheader("Download from the Hugging Face Hub")
 if hub_offline():
-    st.warning(literal("HF_HUB_OFFLINE is set, so nothing can be downloaded here. "
+    st.warning(literal(f"HF_HUB_OFFLINE is set, so nothing can be downloaded here. {ALLOW_DOWNLOADS} "
                        + copy_in_instructions("ORG/NAME")))
 left, right = st.columns([3, 1])
 model_id = left.text_input("Model id", key="download_model_id", placeholder="microsoft/Phi-3-mini-4k-instruct",

@@ -4,7 +4,7 @@ asks for, serving the files of local folders.
 - GET /api/models/{id}/revision/{rev}: the model's info (id, sha, gated, siblings);
 - GET /api/models/{id}/tree/{rev}?recursive=True: its files with sizes (large files as LFS, oid = sha256);
 - HEAD|GET /{id}/resolve/{rev}/{path}: X-Repo-Commit, ETag (git blob sha1) and Content-Length; for LFS
-  files X-Linked-Etag / X-Linked-Size and a redirect to /cdn/{sha256}, as the Hub sends to its CDN;
+  files X-Linked-Etag / X-Linked-Size and a redirect to /cdn/{sha256} on another origin, as the Hub sends to its CDN;
 - GET /cdn/{sha256}: the bytes, with Range support (206 + Content-Range).
 A gated repository answers its files with 401 and X-Error-Code: GatedRepo. `interrupt` makes the next GET
 of a file drop the connection ("drop") or stall until `release` is set ("stall") after some bytes, once.
@@ -65,6 +65,11 @@ class HubServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    @property
+    def cdn_url(self) -> str:
+        """The same server under another name: huggingface_hub follows redirects on the Hub's own origin only."""
+        return f"http://localhost:{self.httpd.server_address[1]}"
 
     def __enter__(self) -> HubServer:
         self.thread.start()
@@ -154,7 +159,7 @@ def _handler(hub: HubServer):
                 sha256 = hashlib.sha256(data).hexdigest()
                 self.send_response(302)
                 for key, value in {**headers, "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data)),
-                                   "Location": f"{hub.url}/cdn/{sha256}", "Content-Length": "0"}.items():
+                                   "Location": f"{hub.cdn_url}/cdn/{sha256}", "Content-Length": "0"}.items():
                     self.send_header(key, value)
                 self.end_headers()
                 return

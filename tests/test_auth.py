@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = "../streamlit_app.py"
 PASSWORD = "correct horse battery staple"
 CHEAP = {"n": 2**10}  # tests hash with a small scrypt cost; the parameters travel inside the hash
-PAGES = ["home", "documents", "ask", "compare", "training_data", "finetune", "exams", "evaluation", "advisor"]
+PAGES = ["home", "documents", "ask", "compare", "training_data", "finetune", "exams", "evaluation", "advisor", "models"]
 
 
 # --- password hashes --------------------------------------------------------------------------------------------

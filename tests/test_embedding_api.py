@@ -175,6 +175,7 @@ def test_api_collection_searches_like_the_local_model_through_a_loopback_server(
         for mode in ("vector", "hybrid"):
             local = search(db, question, collection="plant-local", k=5, mode=mode)
             remote = search(db, question, collection="plant-api", k=5, mode=mode)
+            assert len(local) >= 3
             assert [(h.filename, h.ordinal) for h in remote] == [(h.filename, h.ordinal) for h in local]
             assert np.allclose([h.score for h in remote], [h.score for h in local], atol=1e-4)
             assert np.allclose([h.vector_similarity or 0 for h in remote], [h.vector_similarity or 0 for h in local],
@@ -328,3 +329,28 @@ def test_a_model_that_runs_repository_code_is_refused_without_the_opt_in(db, tmp
     assert main(["collections", "create", "trusted", "--embedding-model", MINILM, "--trust-remote-code"]) == 0
     assert "warning:" in capsys.readouterr().err
     assert get_collection(db, "trusted").embedding_model == f"{MINILM}?trust_remote_code=true"
+
+
+def test_documents_page_creates_an_api_collection_through_a_loopback_server(db, api_settings, server):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    st.cache_resource.clear()  # the app's cached Database must follow this module's settings
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=120)
+    at.run()
+    at.switch_page("pages/documents.py").run()
+    assert not at.exception
+    at.text_input(key="new_collection_name").set_value("From the page")
+    at.checkbox(key="new_collection_trust_remote_code").check()
+    at.button(key="create_collection").click().run()
+    assert "go with an embedding model" in at.error[0].value
+
+    at.text_input(key="new_collection_name").set_value("From the page")
+    at.text_input(key="new_collection_model").set_value(API_MINILM)
+    at.number_input(key="new_collection_dimensions").set_value(64)
+    at.button(key="create_collection").click().run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="selected_collection").value == "From the page"
+    created = get_collection(db, "From the page")
+    assert (created.embedding_model, created.embedding_dim) == (f"{API_MINILM}?dimensions=64", 64)
+    assert server.requests == []  # the size was known from dimensions=: nothing sent to create it

@@ -7,17 +7,25 @@ hyperparameters are right. Tiny random Llama and Phi-3 models with a tiny byte-l
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+from pathlib import Path
+
 import numpy as np
 import pytest
+import streamlit as st
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 from sqlalchemy import text
+from streamlit.testing.v1 import AppTest
 from tiny_models import CHATML, PHI3, SPECIAL, WORDS, build_tiny_adapter, build_tiny_model
+from training_helpers import wait_for
 
-from core.cli import build_parser
-from core.jobs.queue import cancel_job, get_job, job_log_tail
-from core.jobs.worker import run_worker
+from core.cli import build_parser, main
+from core.jobs.queue import cancel_job, get_job, job_log_tail, list_jobs
+from core.jobs.worker import live_workers, run_worker
 from core.models.adapters import AdapterError, import_adapter
 from core.models.gguf_export import (
     GGUFExportError,
@@ -25,7 +33,9 @@ from core.models.gguf_export import (
     export_gguf,
     submit_gguf_export,
     tensor_type,
+    write_gguf,
 )
+from core.models.merge_job import MergeParams
 from core.models.registry import models_dir
 
 PROMPT = [{"role": "user", "content": "when does the relief valve open?"}]
@@ -50,8 +60,6 @@ def bpe_tokenizer(chat_template: str):
 
 def sentencepiece_style_tokenizer(chat_template: str):
     """A BPE with byte fallback that writes spaces as '▁', the shape of Phi-3's (and Llama 2's) tokenizer."""
-    import json
-
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -203,8 +211,9 @@ def test_the_file_describes_the_model_and_its_tokenizer_as_llama_cpp_reads_them(
     assert tokens == [tokenizer.convert_ids_to_tokens(i) for i in range(len(tokenizer))]
     types = field(reader, "tokenizer.ggml.token_type")
     assert [types[tokenizer.convert_tokens_to_ids(t)] for t in SPECIAL] == [3] * len(SPECIAL)  # CONTROL
-    assert types[tokenizer.convert_tokens_to_ids("pump")] == 1  # NORMAL
-    assert "Ġ p" in field(reader, "tokenizer.ggml.merges") or len(field(reader, "tokenizer.ggml.merges")) > 50
+    assert {types[i] for i in tokenizer(" pump seals", add_special_tokens=False)["input_ids"]} == {1}  # NORMAL
+    learned = json.loads((Path(base) / "tokenizer.json").read_text())["model"]["merges"]
+    assert field(reader, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in learned]
     assert field(reader, "tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
     assert field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
     assert field(reader, "tokenizer.ggml.padding_token_id") == tokenizer.pad_token_id
@@ -217,6 +226,33 @@ def test_the_file_describes_the_model_and_its_tokenizer_as_llama_cpp_reads_them(
     loaded = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     text_ = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False) + "Pump P-1, 3.5 bar!"
     assert loaded(text_, add_special_tokens=False)["input_ids"] == tokenizer(text_, add_special_tokens=False)["input_ids"]
+
+
+def test_tied_embeddings_saved_under_the_heads_name_become_the_token_embedding(tmp_path_factory, tmp_path):
+    """The bundled SmolLM2 folder holds its tied embedding as lm_head.weight alone (safetensors' save_model keeps one
+    name of a shared tensor); llama.cpp wants it as token_embd.weight and no output tensor."""
+    from safetensors import safe_open
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(bpe_model(tmp_path_factory.mktemp("bpe-llama-tied"), "llama"))
+    model = AutoModelForCausalLM.from_pretrained(folder, tie_word_embeddings=True)
+    model.tie_weights()
+    (folder / "model.safetensors").unlink()
+    save_model(model, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(folder)
+    with safe_open(folder / "model.safetensors", framework="pt") as weights:
+        assert list(weights.keys()).count("model.embed_tokens.weight") + list(weights.keys()).count("lm_head.weight") == 1
+    path = write_gguf(folder, tmp_path / "tied.gguf", "f16")
+    by_name = tensors(GGUFReader(path))
+    assert "token_embd.weight" in by_name and "output.weight" not in by_name
+    ids = prompt_ids(str(folder))
+    rounded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for parameter in rounded.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(parameter.half().float())
+        assert torch.allclose(gguf_model(path)(ids).logits, rounded(ids).logits, atol=1e-4)
 
 
 def test_the_llama_q_and_k_rows_are_in_llama_cpp_order(db, tmp_path, llama_adapter):
@@ -308,14 +344,17 @@ def test_tensor_types_per_kind_of_tensor():
 def test_an_export_job_writes_the_file_and_names_it_in_its_result(db, llama_adapter, tmp_path, clean_queue):
     name, _ = llama_adapter
     output = tmp_path / "out.gguf"
+    (tmp_path / ".out.gguf.merged-99").mkdir()  # what an export killed by a power cut left
+    (tmp_path / ".out.gguf.merged-99" / "model.safetensors").write_text("half")
+    (tmp_path / ".out.gguf.partial-99").write_text("half")
     job = submit_gguf_export(db, name, "q8_0", output)
-    assert job.kind == "export-gguf" and job.params == {"adapter": name, "type": "q8_0", "output": str(output)}
+    assert job.kind == "merge" and job.params == {"adapter": name, "output": str(output), "gguf": "q8_0"}
     run_worker(db, once=True)
     job = get_job(db, job.id)
     assert job.status == "succeeded", "\n".join([f"{job.error}", *job_log_tail(db, job.id, 30)])
     assert job.result["output"] == str(output) and job.result["size_bytes"] == output.stat().st_size
     assert tensors(GGUFReader(output))["blk.0.attn_q.weight"].tensor_type == GGMLQuantizationType.Q8_0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]  # no merged folder or partial file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]  # no merged folder or partial file, old or new
 
 
 def test_the_default_output_is_the_apps_own_file_which_the_next_export_replaces(db, llama_adapter, settings):
@@ -326,12 +365,17 @@ def test_the_default_output_is_the_apps_own_file_which_the_next_export_replaces(
     assert sorted(p.name for p in first.parent.iterdir() if name in p.name) == [first.name]
 
 
-def test_the_cli_has_export_gguf_with_a_type():
-    args = build_parser().parse_args(["adapters", "export-gguf", "mine", "--type", "f16", "--output", "m.gguf", "--no-wait"])
-    assert (args.action, args.name, args.type, args.output) == ("export-gguf", "mine", "f16", "m.gguf")
+def test_the_cli_queues_an_export_with_a_type(db, llama_adapter, tmp_path, clean_queue, capsys):
+    name, _ = llama_adapter
+    assert main(["adapters", "export-gguf", name, "--type", "f16", "--output", str(tmp_path / "m.gguf"), "--no-wait"]) == 0
+    job = list_jobs(db, 1, kind="merge")[0]
+    assert job.params == {"adapter": name, "output": str(tmp_path / "m.gguf"), "gguf": "f16"}
+    assert f"Queued job {job.id}" in capsys.readouterr().out
+    cancel_job(db, job.id)
     assert build_parser().parse_args(["adapters", "export-gguf", "mine"]).type == "q4_0"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["adapters", "export-gguf", "mine", "--type", "q4_K"])
+    assert MergeParams(adapter="x").model_dump(mode="json") == {"adapter": "x", "output": None}  # plain merges as before
 
 
 def test_bad_input_is_refused_before_a_job_is_queued(db, llama_adapter, tiny_phi4mini, tiny_llama, tmp_path, clean_queue):
@@ -353,7 +397,7 @@ def test_bad_input_is_refused_before_a_job_is_queued(db, llama_adapter, tiny_phi
         submit_gguf_export(db, "gguf-wordlevel")
     assert (tmp_path / "taken.gguf").read_text() == "a user's file"
     with db.engine.connect() as connection:
-        assert connection.execute(text("SELECT count(*) FROM jobs WHERE kind = 'export-gguf' AND status = 'queued'")).scalar() == 0
+        assert connection.execute(text("SELECT count(*) FROM jobs WHERE status = 'queued'")).scalar() == 0
     first = submit_gguf_export(db, name)
     with pytest.raises(Exception, match="already working on 'gguf-llama'"):
         submit_gguf_export(db, name, "f16")
@@ -370,3 +414,44 @@ def test_architectures_the_export_cannot_write_are_refused_with_the_reason(confi
     with pytest.raises(GGUFExportError, match=message):
         check_architecture(config)
     assert check_architecture({"model_type": "llama", "rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}) == "llama"
+
+
+# --- the Fine-tune page ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stop_workers(db):
+    """The worker that the page starts is a process of its own: stop it after the test."""
+    yield
+    with db.engine.connect() as connection:
+        pids = connection.execute(text("SELECT pid FROM workers")).scalars().all()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: live_workers(db) == 0, timeout=60, message="the workers to stop")
+
+
+def open_finetune_adapters() -> AppTest:
+    st.cache_resource.clear()
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=120)
+    at.run()
+    at.session_state["ft_open_tab"] = "Adapters"
+    at.switch_page("pages/finetune.py").run()
+    assert not at.exception
+    return at
+
+
+def test_the_adapters_tab_exports_a_gguf_and_offers_it_for_download(db, llama_adapter, settings, clean_queue, stop_workers):
+    name, _ = llama_adapter
+    page = open_finetune_adapters()
+    page.button(key=f"gguf_{name}").click().run()
+    assert not page.exception and not page.error
+    job = list_jobs(db, 1, kind="merge")[0]
+    assert job.params == {"adapter": name, "output": None, "gguf": "q4_0"}
+    wait_for(lambda: get_job(db, job.id).finished, timeout=300, message="the export job to finish")
+    assert get_job(db, job.id).status == "succeeded", "\n".join(job_log_tail(db, job.id, 30))
+    page = open_finetune_adapters()  # a restarted app finds the job and offers its file
+    assert [d.proto.label for d in page.get("download_button")].count(f"Download {name}-q4_0.gguf") == 1
+    assert (models_dir(settings) / "gguf" / f"{name}-q4_0.gguf").is_file()

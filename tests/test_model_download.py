@@ -20,10 +20,10 @@ from streamlit.testing.v1 import AppTest
 from training_helpers import wait_for
 
 from core.cli import main
-from core.jobs.queue import get_job, job_log_tail, list_jobs, resume_job
+from core.jobs.queue import delete_job, get_job, job_log_tail, list_jobs, resume_job
 from core.jobs.worker import run_worker
 from core.models import load_model
-from core.models.download import DownloadError, GatedModel, HubOffline
+from core.models.download import DownloadError, GatedModel, HubOffline, download_model
 from core.models.download_job import submit_download
 
 MODEL = "tiny-org/tiny-llama"
@@ -60,6 +60,7 @@ def point_at(monkeypatch, endpoint: str, cache_home: Path, offline: bool = False
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_home / "hub"))
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(cache_home / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(cache_home / "stored_tokens"))
@@ -79,6 +80,15 @@ def run_one_job(db) -> None:
     worker.start()
     worker.join(timeout=180)
     assert not worker.is_alive()
+
+
+def open_models_page() -> AppTest:
+    st.cache_resource.clear()  # the app's cached Database must follow this module's settings
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page("pages/models.py").run()
+    assert not at.exception, at.exception
+    return at
 
 
 def blobs(cache: Path) -> dict[str, bytes]:
@@ -145,6 +155,21 @@ def test_a_killed_download_resumes_from_its_partial_file_with_the_same_bytes(db,
     assert not partial.exists()
 
 
+def test_a_damaged_partial_file_fails_its_checksum_and_is_fetched_anew(online, tiny_repo):
+    weights = tiny_repo.files[WEIGHTS]
+    blobs_folder = online / f"models--{MODEL.replace('/', '--')}" / "blobs"
+    blobs_folder.mkdir(parents=True)
+    partial = blobs_folder / f"{sha256(weights)}.incomplete"
+    partial.write_bytes(b"\0" * 2**20)  # not what the file starts with
+    lines = []
+    with pytest.raises(DownloadError, match=f"{WEIGHTS} of {MODEL} arrived damaged"):
+        download_model(MODEL, say=lines.append)
+    assert "model.safetensors: continuing from 1.0 MB of 4.7 MB." in lines
+    assert not partial.exists()
+    folder = download_model(MODEL, say=lines.append)
+    assert (folder / WEIGHTS).read_bytes() == weights
+
+
 def test_a_gated_model_says_to_accept_its_licence_and_set_hf_token_never_showing_it(db, online, monkeypatch):
     jobs_before = len(list_jobs(db))
     with pytest.raises(GatedModel) as refused:  # no token: answered before any job is queued
@@ -170,9 +195,16 @@ def test_offline_the_download_is_refused_at_once_with_how_to_copy_a_model_in(db,
     with pytest.raises(HubOffline) as refused:
         submit_download(db, MODEL)
     message = str(refused.value)
-    assert "cannot be reached" in message and "HF_HUB_OFFLINE is set" in message
+    assert "cannot be reached" in message and "HF_HUB_OFFLINE is set" in message and "HF_HUB_OFFLINE=0" in message
     assert f"hf download {MODEL}" in message and "models--tiny-org--tiny-llama" in message
     assert str(settings.models_dir.resolve()) in message  # or a model folder under a model root
+    assert len(list_jobs(db)) == jobs_before
+
+    at = open_models_page()  # the page says so before anything is tried, and refuses at once
+    assert "so nothing can be downloaded here" in at.warning[0].value
+    at.text_input(key="download_model_id").set_value(MODEL).run()
+    at.button(key="download_start").click().run()
+    assert "cannot be reached from here" in at.error[0].value
     assert len(list_jobs(db)) == jobs_before
 
     assert main(["models", "download", MODEL]) == 2
@@ -211,11 +243,9 @@ def test_the_cli_queues_a_download_and_follows_it(db, online, capsys):
 
 def test_the_models_page_lists_presets_and_shows_a_download_to_its_end(db, online, monkeypatch):
     monkeypatch.setattr("core.ui.tracked_jobs.ensure_local_worker", lambda db: None)  # the test runs the worker
-    st.cache_resource.clear()
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/models.py").run()
-    assert not at.exception, at.exception
+    for job in list_jobs(db, kind="download"):  # the page shows this test's download only
+        delete_job(db, job.id)
+    at = open_models_page()
     presets = at.dataframe[0].value
     assert "microsoft/Phi-3-mini-4k-instruct" in list(presets["model"])
 
@@ -225,13 +255,10 @@ def test_the_models_page_lists_presets_and_shows_a_download_to_its_end(db, onlin
 
     at.text_input(key="download_model_id").set_value(MODEL).run()
     at.button(key="download_start").click().run()
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.get("progress")  # the job's live view
     assert list_jobs(db, 1, kind="download")[0].params["model_id"] == MODEL
     run_one_job(db)
 
-    refreshed = AppTest.from_file(APP, default_timeout=120)  # a new browser session finds the job in the table
-    refreshed.run()
-    refreshed.switch_page("pages/models.py").run()
-    assert not refreshed.exception, refreshed.exception
+    refreshed = open_models_page()  # a new browser session finds the job in the table
     assert any("is in the Hugging Face cache" in s.value for s in refreshed.success)

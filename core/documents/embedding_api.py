@@ -331,7 +331,7 @@ class ApiEmbedder:
         rows: list[list[float]] = []
         for batch in self._batches(texts, counts):
             rows += self._request(batch)
-            if False and (wrong := next((len(row) for row in rows if len(row) != expected), None)) is not None:
+            if (wrong := next((len(row) for row in rows if len(row) != expected), None)) is not None:
                 raise EmbeddingApiError(
                     f"The embedding API at {self.endpoint} returned a vector of {wrong} dimensions for {self.ref.model}; "
                     f"expected {expected}. Check that the server runs the model the collection was made with "

@@ -285,6 +285,10 @@ def _embed_and_store(
     try:
         collection = get_collection(db, collection_name)
         embedder = load_embedder(collection.embedding_model)
+        if collection.embedding_dim and embedder.dim != collection.embedding_dim:  # e.g. an API server now serving another model
+            raise LibraryError(f"{collection.embedding_model} now gives {embedder.dim}-dimensional vectors; collection "
+                               f"{collection.name!r} holds {collection.embedding_dim}. Serve the collection's model again, "
+                               "or re-embed the collection.")
     except Exception as error:  # no collection or no model: every file of the group fails with the reason
         for prepared in group:
             report(prepared.index, "done", 1.0)

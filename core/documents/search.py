@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -12,9 +12,10 @@ from sqlalchemy import Connection, text
 
 from core.config import Settings, get_settings
 from core.db import Database
-from core.documents.chunking import ChunkDraft
+from core.documents.chunking import ChunkDraft, embedding_text
 from core.documents.embeddings import load_embedder
 from core.documents.library import LibraryError, get_collection
+from core.documents.rerank import rerank_order
 from core.errors import UserError
 
 SearchMode = Literal["vector", "keyword", "hybrid"]
@@ -70,6 +71,7 @@ class SearchHit:
     keyword_score: float | None  # BM25, when the keyword side found it
     vector_rank: int | None
     keyword_rank: int | None
+    rerank_score: float | None = None  # the collection's cross-encoder score, for the hits it rescored
 
 
 class QueryError(UserError):
@@ -206,9 +208,11 @@ def search(
     mode: SearchMode = "hybrid",
     document_ids: Sequence[int] | None = None,
     settings: Settings | None = None,
+    rerank: bool = True,
 ) -> list[SearchHit]:
     """The `k` best chunks of `collection` for `query`, best first, with their document, page,
-    offsets and scores. `document_ids` narrows the search to those documents."""
+    offsets and scores. `document_ids` narrows the search to those documents. A collection that names a
+    reranker has its best hits reordered by it (core/documents/rerank.py); `rerank=False` skips that."""
     settings = settings or get_settings()
     if mode not in SEARCH_MODES:
         raise QueryError(f"Unknown search mode {mode!r}; use one of {', '.join(SEARCH_MODES)}.")
@@ -232,11 +236,15 @@ def search(
     # pair a query embedded with one model with chunks of another.
     with db.engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection, connection.begin():
         current = connection.execute(
-            text("SELECT embedding_model, embedding_dim FROM collections WHERE id = :c"), {"c": info.id}
+            text("SELECT embedding_model, embedding_dim, rerank_model FROM collections WHERE id = :c"), {"c": info.id}
         ).first()
         if current is None:
             raise LibraryError(f"The collection {collection!r} was deleted meanwhile.")
-        model, dim = current
+        model, dim, rerank_model = current
+        rerank_model = rerank_model if rerank else None
+        if rerank_model:  # the reranker sees the best rerank_candidates hits even when fewer are asked for
+            params["k"] = max(k, settings.rerank_candidates)
+            params["pool"] = max(params["k"], params["pool"])
         if mode != "keyword":
             if (model, dim) != (info.embedding_model, info.embedding_dim):  # a re-embed committed meanwhile (rare)
                 query_vector = _query_vector(query, collection, model, dim)
@@ -244,10 +252,10 @@ def search(
         sql = _search_sql(mode, dim, filtered=document_ids is not None)
         connection.execute(
             text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('hnsw.ef_search', :ef, true)"),
-            {"ef": str(max(settings.hnsw_ef_search, k))},
+            {"ef": str(max(settings.hnsw_ef_search, params["k"]))},
         )
         rows = connection.execute(text(sql), params).all()
-    return [
+    hits = [
         SearchHit(
             chunk_id=row.id,
             document_id=row.document_id,
@@ -266,3 +274,8 @@ def search(
         )
         for row in rows
     ]
+    if rerank_model and hits:  # after the connection is back in the pool: scoring pairs is CPU work
+        order = rerank_order(query, [embedding_text(h.heading, h.text) for h in hits], rerank_model,
+                             collection=collection, settings=settings)
+        hits = [replace(hits[i], rerank_score=score) for i, score in order] + hits[len(order):]
+    return hits[:k]

@@ -29,7 +29,6 @@ KINDS: dict[str, JobKind] = {
         JobKind("generate-dataset", "core.datasets.generation_job", "Generate training data", exclusive=True),
         JobKind("reembed", "core.documents.reembed_job", "Re-embed a collection", exclusive=False),
         JobKind("merge", "core.models.merge_job", "Merge an adapter", exclusive=True),
-        JobKind("export-gguf", "core.models.gguf_export", "Export to GGUF", exclusive=True),
         JobKind("generate-exam", "core.evaluation.exam_job", "Generate an exam", exclusive=True),
         JobKind("download", "core.models.download_job", "Download a model", exclusive=False),
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from core.config import Settings
 from core.errors import UserError
-from core.formatting import human_size
+from core.formatting import human_size, plural
 from core.security.model_sources import is_hub_id, model_roots
 
 # Files other frameworks load (TensorFlow, Flax, ONNX, OpenVINO, Core ML, Rust): never needed here.
@@ -117,9 +117,15 @@ def copy_in_instructions(model_id: str, settings: Settings | None = None) -> str
             f"model's folder (config.json, weights, tokenizer) under a model root: {roots}.")
 
 
+OFFLINE_SETTING = "HF_HUB_OFFLINE is set"
+ALLOW_DOWNLOADS = ("To download here, start the app and its worker with HF_HUB_OFFLINE=0 in their environment (the app "
+                   "sets HF_HUB_OFFLINE=1 unless told otherwise, and docker-compose.yml sets it too).")
+
+
 def offline_message(model_id: str, reason: str, settings: Settings | None = None) -> str:
-    return f"The Hugging Face Hub cannot be reached from here ({reason}), so {model_id} cannot be downloaded. " + \
-        copy_in_instructions(model_id, settings)
+    how = f"{ALLOW_DOWNLOADS} " if reason == OFFLINE_SETTING else ""
+    return (f"The Hugging Face Hub cannot be reached from here ({reason}), so {model_id} cannot be downloaded. {how}"
+            + copy_in_instructions(model_id, settings))
 
 
 def gated_message(model_id: str) -> str:
@@ -164,7 +170,7 @@ def explain(error: BaseException, model_id: str, revision: str = "main",
     if isinstance(error, DownloadError):
         return error
     if isinstance(error, OfflineModeIsEnabled):
-        return HubOffline(offline_message(model_id, "HF_HUB_OFFLINE is set", settings))
+        return HubOffline(offline_message(model_id, OFFLINE_SETTING, settings))
     if isinstance(error, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
         return HubOffline(offline_message(model_id, f"{hub_endpoint()} did not answer", settings))
     if isinstance(error, GatedRepoError):
@@ -210,7 +216,7 @@ def inspect_model(model_id: str, revision: str = "main", *, timeout: float = 5.0
 
     model_id, revision = validate_model_id(model_id), validate_revision(revision)
     if hub_offline():
-        raise HubOffline(offline_message(model_id, "HF_HUB_OFFLINE is set", settings))
+        raise HubOffline(offline_message(model_id, OFFLINE_SETTING, settings))
     api = HfApi(endpoint=hub_endpoint())
 
     def ask() -> RemoteModel:
@@ -270,8 +276,8 @@ def download_model(model_id: str, revision: str = "main", *, on_progress: Callab
     files = files_to_fetch(remote.files)
     total = sum(f.size for f in files)
     skipped = len(remote.files) - len(files)
-    say(f"{model_id} at {remote.commit[:12]}: {len(files)} files, {human_size(total)}"
-        + (f" ({skipped} files for other frameworks or older copies of the weights left out)." if skipped else "."))
+    say(f"{model_id} at {remote.commit[:12]}: {plural(len(files), 'file')}, {human_size(total)}"
+        + (f" ({plural(skipped, 'file')} for other frameworks or older copies of the weights left out)." if skipped else "."))
     storage = _storage_folder(model_id)
     headers = build_hf_headers()
     meter = _Meter(total, on_progress)

@@ -14,12 +14,11 @@ from pydantic import BaseModel, ConfigDict
 from core.config import Settings
 from core.db import Database
 from core.formatting import human_size
-from core.jobs.process import JobContext, default_explanation, main_for
+from core.jobs.process import JobContext, main_for
 from core.jobs.queue import Job, create_job
 from core.models.download import (
     DownloadProgress,
     download_model,
-    explain,
     files_to_fetch,
     inspect_model,
     validate_model_id,
@@ -59,10 +58,11 @@ def run(context: JobContext) -> dict:
         speed = progress.bytes_per_second
         context.progress(round(progress.done_bytes / MB, 1), round(progress.total_bytes / MB, 1), "MB",
                          eta_seconds=progress.eta_seconds, bytes_per_second=speed, file=progress.file)
-        if progress.done_bytes - last_line[0] >= progress.total_bytes / 10 or progress.done_bytes == progress.total_bytes:
+        finished = progress.done_bytes == progress.total_bytes
+        if progress.done_bytes - last_line[0] >= progress.total_bytes / 10 or (finished and last_line[0] != progress.done_bytes):
             last_line[0] = progress.done_bytes  # about ten lines per download in the log
             pace = f", {human_size(speed)}/s" if speed else ""
-            left = f", about {progress.eta_seconds:.0f} s left" if progress.eta_seconds is not None else ""
+            left = f", about {progress.eta_seconds:.0f} s left" if progress.eta_seconds and not finished else ""
             print(f"{human_size(progress.done_bytes)} of {human_size(progress.total_bytes)}{pace}{left} ({progress.file}).",
                   flush=True)
 
@@ -72,10 +72,5 @@ def run(context: JobContext) -> dict:
     return {"model_id": p.model_id, "revision": p.revision, "commit": folder.name, "path": str(folder), "message": message}
 
 
-def explain_failure(error: BaseException, run_dir) -> str:
-    """A Hub error that escaped the download's own translation, or the usual reasons (disk full...)."""
-    return str(explain(error, "the model") or default_explanation(error, run_dir))
-
-
 if __name__ == "__main__":
-    main_for(run, explain=explain_failure)
+    main_for(run)

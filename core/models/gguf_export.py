@@ -1,12 +1,14 @@
-"""python -m core.models.gguf_export --job ID: an adapter merged into its base model and written as
-one GGUF file, the format Ollama and llama.cpp run (job kind "export-gguf").
+"""An adapter merged into its base model and written as one GGUF file, the format Ollama and
+llama.cpp run. It runs as a merge job (kind "merge" with the `gguf` parameter: one merge or export
+per adapter at a time, and no job kind of its own).
 
 The merge is core.models.adapters.merge_adapter's (full precision, into a folder beside the output
 that is removed afterwards); the file is written with the `gguf` package the way llama.cpp's
 convert_hf_to_gguf.py writes these architectures:
-- llama (SmolLM2, Llama 2/3 without rope scaling) and phi3 (Phi-3-mini-4k, Phi-3.5-mini without
-  rope scaling). Others are refused: transformers' GGUF loader, the check that a file is right,
-  reads back only these two of what we write, and phi3 only with full rotary (not Phi-4-mini).
+- llama (SmolLM2, Llama 2 and others without rope scaling) and phi3 (Phi-3-mini-4k). Others are
+  refused, and so are rope scaling (Llama 3.1+, Phi-3.5-mini's and the 128k models' longrope) and
+  partial rotary (Phi-4-mini): transformers' GGUF loader, our check that a file is right, does
+  not read those back.
 - the tokenizer as llama.cpp's "gpt2" (byte-level BPE: tokens, merges, token types, special ids,
   chat template) or "llama" (sentencepiece-style BPE with byte fallback, as Phi-3's), whose text
   splitting llama.cpp knows by name;
@@ -14,12 +16,15 @@ convert_hf_to_gguf.py writes these architectures:
 - types: f16, q8_0, or q4_0 (the 4-bit type the installed gguf package can quantize in Python; it
   has no q4_K quantizer). Norms stay f32; with q4_0 the token embedding and output stay q8_0, as
   llama.cpp keeps them in more bits; a matrix whose rows are not whole 32-value blocks stays f16.
-The file is written beside its destination and renamed into place, so no half-written file is ever
-at the path a user gave.
+The merged model and the file are written beside the destination and the file renamed into place,
+so no half-written file is ever at the path a user gave; what a killed export left there the next
+export to the same path removes. Tensors are written one at a time (a model never sits whole in
+memory twice); the merged float32 folder needs disk space of about 4 bytes per parameter.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -28,34 +33,22 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from core.config import Settings
 from core.db import Database
 from core.errors import UserError
-from core.jobs.process import JobContext, main_for
+from core.jobs.process import JobContext
 from core.jobs.queue import Job, create_job
 from core.models.adapters import AdapterError, list_adapters, merge_adapter
+from core.models.merge_job import KIND, MergeParams
 from core.models.registry import BUNDLED_MODEL, check_model_available, models_dir, resolve_model_path
 
-KIND = "export-gguf"
 TYPES = ("f16", "q8_0", "q4_0")
 ARCHITECTURES = {"llama": "llama", "phi3": "phi3"}  # transformers model_type -> GGUF architecture
-SUPPORTED_TEXT = "llama (SmolLM2, Llama 2/3 without rope scaling) and phi3 (Phi-3-mini-4k, Phi-3.5-mini)"
+SUPPORTED_TEXT = "llama (SmolLM2, Llama 2, others without rope scaling) and phi3 (Phi-3-mini-4k)"
 
 
 class GGUFExportError(UserError):
     """A model, tokenizer or output that cannot be exported to GGUF; the message says why."""
-
-
-class GGUFParams(BaseModel):
-    """An export job's parameters as stored in its row (checked before it is queued)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    adapter: str
-    type: str = "q4_0"
-    output: str | None = None  # an absolute file path; None: <models dir>/gguf/<adapter>-<type>.gguf
 
 
 # --- the job ------------------------------------------------------------------------------------
@@ -83,7 +76,8 @@ def _user_output(adapter: str, quant_type: str, output: str | Path) -> Path:
 
 def submit_gguf_export(db: Database, adapter: str, quant_type: str = "q4_0", output: str | Path | None = None,
                        settings: Settings | None = None) -> Job:
-    """Check the adapter, its base model's architecture, the type and the output, then queue the export."""
+    """Check the adapter, its base model's architecture, the type and the output, then queue the export
+    (a merge job whose `gguf` names the type; `output` a file, None: <models dir>/gguf/<adapter>-<type>.gguf)."""
     if quant_type not in TYPES:
         raise GGUFExportError(f"Unknown GGUF type {quant_type!r}: one of {', '.join(TYPES)}.")
     info = {a.name: a for a in list_adapters(db)}.get(adapter)
@@ -96,19 +90,18 @@ def submit_gguf_export(db: Database, adapter: str, quant_type: str = "q4_0", out
     if info.base_model != BUNDLED_MODEL:  # the bundled one is llama with a byte-level BPE; resolving it would convert it here
         check_exportable(resolve_model_path(info.base_model, settings))
     path = str(_user_output(adapter, quant_type, output)) if output is not None else None
-    params = GGUFParams(adapter=adapter, type=quant_type, output=path)
+    params = MergeParams(adapter=adapter, output=path, gguf=quant_type)
     return create_job(db, kind=KIND, params=params, title=f"Export {adapter} on {info.base_model} as GGUF ({quant_type})",
                       unique_key="adapter")
 
 
-def run(context: JobContext) -> dict:
-    """The job's entry point: merge, write the GGUF, name the file."""
-    p = GGUFParams.model_validate(context.job.params)
-    path = export_gguf(context.db, p.adapter, p.type, Path(p.output) if p.output else None, settings=context.settings,
+def run_gguf_export(context: JobContext, p: MergeParams) -> dict:
+    """The merge job's entry point when it exports a GGUF: merge, write the file, name it."""
+    path = export_gguf(context.db, p.adapter, p.gguf, Path(p.output) if p.output else None, settings=context.settings,
                        token=str(context.job.id))
-    message = f"GGUF ({p.type}) saved in {path} ({path.stat().st_size / 1e6:.1f} MB)."
+    message = f"GGUF ({p.gguf}) saved in {path} ({path.stat().st_size / 1e6:.1f} MB)."
     print(message, flush=True)
-    return {"adapter": p.adapter, "type": p.type, "output": str(path), "size_bytes": path.stat().st_size, "message": message}
+    return {"adapter": p.adapter, "gguf": p.gguf, "output": str(path), "size_bytes": path.stat().st_size, "message": message}
 
 
 def export_gguf(db: Database, adapter: str, quant_type: str, output: Path | None = None, *,
@@ -120,6 +113,9 @@ def export_gguf(db: Database, adapter: str, quant_type: str, output: Path | None
     target = _user_output(adapter, quant_type, output) if output is not None else default_output(adapter, quant_type, settings)
     target.parent.mkdir(parents=True, exist_ok=True)
     token = token or uuid.uuid4().hex[:12]
+    for stage in ("merged", "partial"):  # what a killed export to this path left
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.{stage}-*"):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     merged = target.with_name(f".{target.name}.merged-{token}")
     partial = target.with_name(f".{target.name}.partial-{token}")
     try:
@@ -137,6 +133,10 @@ def export_gguf(db: Database, adapter: str, quant_type: str, output: Path | None
                 os.link(partial, target)  # fails if a file appeared there meanwhile: never overwrite a user's file
             except FileExistsError:
                 raise GGUFExportError(f"{target} appeared while the export ran; the export was not saved.") from None
+            except OSError:  # a filesystem without hard links
+                if target.exists():
+                    raise GGUFExportError(f"{target} appeared while the export ran; the export was not saved.") from None
+                os.replace(partial, target)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
         partial.unlink(missing_ok=True)
@@ -199,10 +199,14 @@ def write_gguf(model_folder: Path, path: Path, quant_type: str = "f16", *, name:
     try:
         _write_hyperparameters(writer, arch, config, name or model_folder.name, quant_type)
         _write_tokenizer(writer, model_folder, config, vocab)
-        _write_tensors(writer, arch, config, model_folder, quant_type)
+        plan = plan_tensors(arch, config, model_folder, quant_type)
+        for tensor in plan:
+            writer.add_tensor_info(tensor.name, *tensor.stored_as(), raw_dtype=tensor.kind)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for tensor in plan:  # one at a time: a model never sits whole in memory
+            writer.write_tensor_data(tensor.packed(arch, config))
     finally:
         writer.close()
     return Path(path)
@@ -362,37 +366,67 @@ def tensor_type(gguf_name: str, shape: tuple[int, ...], quant_type: str):
     return wanted
 
 
-def _write_tensors(writer, arch: str, config: dict, model_folder: Path, quant_type: str) -> None:
+@dataclass(frozen=True)
+class PlannedTensor:
+    key: str  # its name in the safetensors file
+    file: Path
+    name: str  # its GGUF name
+    kind: object  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # transformers' shape
+
+    def stored_as(self) -> tuple[tuple[int, ...], object, int]:
+        """Shape, numpy dtype and size of the tensor as written (a quantized one as rows of bytes)."""
+        import numpy as np
+        from gguf import GGMLQuantizationType as T
+        from gguf.quants import quant_shape_to_byte_shape
+
+        if self.kind in (T.F32, T.F16):
+            dtype = np.dtype(np.float32 if self.kind == T.F32 else np.float16)
+            return self.shape, dtype, int(np.prod(self.shape)) * dtype.itemsize
+        shape = quant_shape_to_byte_shape(self.shape, self.kind)
+        return shape, np.dtype(np.uint8), int(np.prod(shape))
+
+    def packed(self, arch: str, config: dict):
+        """The tensor read, put in llama.cpp's row order, and quantized."""
+        import numpy as np
+        from gguf.quants import quantize
+        from safetensors import safe_open
+
+        with safe_open(self.file, framework="pt") as weights:
+            data = weights.get_tensor(self.key).float().numpy()
+        if arch == "llama" and self.name.endswith("attn_q.weight"):
+            data = permute_for_rope(data, config["num_attention_heads"])
+        elif arch == "llama" and self.name.endswith("attn_k.weight"):
+            data = permute_for_rope(data, config.get("num_key_value_heads") or config["num_attention_heads"])
+        return quantize(np.ascontiguousarray(data), self.kind)
+
+
+def plan_tensors(arch: str, config: dict, model_folder: Path, quant_type: str) -> list[PlannedTensor]:
+    """Every tensor the file gets, with its GGUF name and type, read from the safetensors headers only."""
     import gguf
-    import numpy as np
     from safetensors import safe_open
 
-    blocks = config["num_hidden_layers"]
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.PHI3, blocks)
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.PHI3,
+                                     config["num_hidden_layers"])
     files = sorted(model_folder.glob("*.safetensors"))
     if not files:
         raise GGUFExportError(f"{model_folder} holds no safetensors weights.")
+    shapes: dict[str, tuple[Path, tuple[int, ...]]] = {}
     for file in files:
         with safe_open(file, framework="pt") as weights:
-            for key in weights.keys():  # noqa: SIM118 (safe_open is no dict)
-                if key.endswith("rotary_emb.inv_freq"):
-                    continue
-                if key == "lm_head.weight" and config.get("tie_word_embeddings"):
-                    continue  # llama.cpp uses the token embedding when the file has no output tensor
-                gguf_name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-                if gguf_name is None:
-                    raise GGUFExportError(f"No GGUF name for the {arch} tensor {key!r}: this model has parts the "
-                                          "export does not know.")
-                data = weights.get_tensor(key).float().numpy()
-                if arch == "llama" and key.endswith("self_attn.q_proj.weight"):
-                    data = permute_for_rope(data, heads)
-                elif arch == "llama" and key.endswith("self_attn.k_proj.weight"):
-                    data = permute_for_rope(data, kv_heads)
-                kind = tensor_type(gguf_name, data.shape, quant_type)
-                packed = gguf.quants.quantize(np.ascontiguousarray(data), kind)
-                writer.add_tensor(gguf_name, packed, raw_dtype=kind)  # a quantized one's shape comes from its bytes
-
-
-if __name__ == "__main__":
-    main_for(run)
+            shapes |= {key: (file, tuple(weights.get_slice(key).get_shape())) for key in weights.keys()}  # noqa: SIM118
+    tied = config.get("tie_word_embeddings", False)
+    embedding = "model.embed_tokens.weight"
+    if tied and embedding not in shapes and "lm_head.weight" in shapes:
+        embedding = "lm_head.weight"  # a tied pair saved under the head's name (the bundled model's folder)
+    if embedding not in shapes:
+        raise GGUFExportError(f"{model_folder} has no token embedding (model.embed_tokens.weight) in its weights.")
+    plan = []
+    for key, (file, shape) in shapes.items():
+        if key.endswith("rotary_emb.inv_freq") or (tied and key == "lm_head.weight" and key != embedding):
+            continue  # llama.cpp computes the rotary frequencies, and uses the embedding when there is no output tensor
+        name = "token_embd.weight" if key == embedding else names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise GGUFExportError(f"No GGUF name for the {arch} tensor {key!r}: this model has parts the export does not know.")
+        plan.append(PlannedTensor(key, file, name, tensor_type(name, shape, quant_type), shape))
+    return plan

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import Settings
 from core.db import Database
@@ -52,6 +52,8 @@ class MergeParams(BaseModel):
 
     adapter: str
     output: str | None = None  # an absolute folder; None: <models dir>/merged/<adapter> where the job runs
+    # A GGUF type (f16, q8_0, q4_0): write one .gguf file instead (core.models.gguf_export; `output` is then a file).
+    gguf: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 def default_output(adapter: str, settings: Settings | None = None) -> Path:
@@ -90,6 +92,10 @@ def submit_merge(db: Database, adapter: str, output: str | Path | None = None, s
 def run(context: JobContext) -> dict:
     """The job's entry point: merge, then name the folder the model is in."""
     p = MergeParams.model_validate(context.job.params)
+    if p.gguf:
+        from core.models.gguf_export import run_gguf_export
+
+        return run_gguf_export(context, p)
     print(f"Merging adapter {p.adapter!r} into its base model (full precision).", flush=True)
     folder = export_merged(context.db, p.adapter, Path(p.output) if p.output else None, token=str(context.job.id),
                            settings=context.settings, after_step=lambda step: print(f"Export: {step}.", flush=True))

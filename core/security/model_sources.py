@@ -127,6 +127,7 @@ def cached_hub_snapshot(model_id: str, roots: list[Path], error: type[UserError]
     except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError) as cause:
         raise error(
             f"{model_id} could not be loaded offline: it is not on this machine, and models are never downloaded at "
-            f"run time. On a machine with internet run `hf download {model_id}` and copy the Hugging Face cache "
-            f"(~/.cache/huggingface) here, or put the model's folder under {_roots_text(roots)}."
+            f"run time. Download it first (Models page, or `python -m core models download {model_id}`, where the "
+            f"Hub is reachable); or on a machine with internet run `hf download {model_id}` and copy the Hugging Face "
+            f"cache (~/.cache/huggingface) here, or put the model's folder under {_roots_text(roots)}."
         ) from cause
