@@ -283,6 +283,7 @@ def test_a_phi3_file_carries_a_sentencepiece_style_tokenizer_that_transformers_r
     normal = [score for score, kind in zip(scores, types, strict=True) if kind == 1]
     assert normal == sorted(normal, reverse=True)  # earlier merges score higher: llama.cpp applies them first
     assert field(reader, "phi3.attention.head_count") == 4 and field(reader, "phi3.block_count") == 2
+    assert field(reader, "phi3.attention.sliding_window") == 512  # llama.cpp refuses phi3 without one; none: the context
     assert field(reader, "tokenizer.chat_template") == PHI3
     loaded = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     text_ = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False) + "pump seals, 3 bar é"

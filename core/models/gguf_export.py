@@ -231,8 +231,8 @@ def _write_hyperparameters(writer, arch: str, config: dict, name: str, quant_typ
     writer.add_rope_dimension_count(config.get("head_dim") or hidden // heads)
     if arch == "phi3":
         writer.add_rope_scaling_orig_ctx_len(config.get("original_max_position_embeddings") or config["max_position_embeddings"])
-        if config.get("sliding_window"):
-            writer.add_sliding_window(config["sliding_window"])
+        # llama.cpp refuses a phi3 file without a window; none (None) is one as long as the context
+        writer.add_sliding_window(config.get("sliding_window") or config["max_position_embeddings"])
     file_types = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                   "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}
     writer.add_file_type(file_types[quant_type])
@@ -245,8 +245,10 @@ def _write_hyperparameters(writer, arch: str, config: dict, name: str, quant_typ
 
 # Text splitting llama.cpp knows by name (tokenizer.ggml.pre), by the regex a tokenizer.json splits with.
 def _known_splits() -> dict[str, str]:
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
-
+    try:  # transformers' table of them (an internal module: without it, only the shapes below are known)
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    except ImportError:
+        return {}
     names = {}
     for pre, regex in GGUF_PRE_TOKENIZER_SPLITS.items():
         names.setdefault(regex, pre)
