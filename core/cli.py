@@ -78,7 +78,8 @@ def cmd_search(args) -> int:
         print("No passages found.")
     for rank, hit in enumerate(hits, start=1):
         where = f"p. {hit.page}" if hit.page else (hit.heading or f"chunk {hit.ordinal}")
-        print(f"[{rank}] {hit.filename} ({where})  score {hit.score:.4f}")
+        reranked = f"  rerank {hit.rerank_score:.4f}" if hit.rerank_score is not None else ""
+        print(f"[{rank}] {hit.filename} ({where})  score {hit.score:.4f}{reranked}")
         print("    " + " ".join(hit.text.split())[:300])
     return 0
 
