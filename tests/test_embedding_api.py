@@ -1,7 +1,7 @@
 """Collections embedded through an OpenAI-compatible /v1/embeddings endpoint (core/documents/embedding_api.py).
 
-No real embedding server installs here in reasonable time (infinity-emb needs its own torch and pins numpy<2;
-text-embeddings-inference, Ollama and vLLM are not Python packages that run on this CPU), so the server is a
+A real server (Infinity, in its own environment) is tested in test_embedding_api_infinity.py; what a real server
+will not do on demand (rate limits, wrong dimensions, Azure's URL and header) is tested here against a
 loopback HTTP server in this file that speaks the documented wire format (OpenAI's, and Azure's URL and header)
 and embeds with the same bundled MiniLM through sentence-transformers: every test that uses it says
 "loopback_server" in its name. It answers in reverse order (clients must order by `index`), truncates to
