@@ -160,3 +160,37 @@ def test_cli_turns_reranking_on_and_off(db, plant, tiny_reranker, capsys):
     assert "--rerank-model" in capsys.readouterr().err
     assert main(["collections", "rerank", plant, "--off"]) == 0
     assert collection_reranker(db, plant) is None
+
+
+def test_documents_page_turns_reranking_on_and_off_and_shows_the_scores(db, settings, tiny_reranker, tmp_path):
+    """Collection settings on the Documents page: a folder that is not a cross-encoder is refused in the page,
+    a real one is recorded and the search results show its score, and it can be turned off again."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from core.documents.library import create_collection
+
+    create_collection(db, "reranked-page")
+    for name, body in PASSAGES.items():
+        ingest_bytes(db, "reranked-page", name, body.encode())
+    st.cache_resource.clear()
+    at = AppTest.from_file("../streamlit_app.py", default_timeout=120)
+    at.run()
+    at.switch_page("pages/documents.py").run()
+    at.selectbox(key="selected_collection").select("reranked-page").run()
+    assert not at.exception
+
+    at.text_input(key="rerank_model").set_value(str(tmp_path / "missing")).run()
+    at.button(key="set_reranker").click().run()
+    assert at.error and collection_reranker(db, "reranked-page") is None
+
+    at.text_input(key="rerank_model").set_value(tiny_reranker).run()
+    at.button(key="set_reranker").click().run()
+    assert not at.exception and not at.error
+    assert collection_reranker(db, "reranked-page") == tiny_reranker
+    at.text_input(key="search_query").set_value(QUERY)
+    at.button(key="run_search").click().run()
+    assert any("reranker " in c.value for c in at.caption)
+
+    at.button(key="reranker_off").click().run()
+    assert not at.exception and collection_reranker(db, "reranked-page") is None

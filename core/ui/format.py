@@ -37,4 +37,6 @@ def hit_scores(hit: SearchHit) -> str:
         parts.append(f"cosine {hit.vector_similarity:.3f}" + (f" (#{hit.vector_rank})" if hit.vector_rank else ""))
     if hit.keyword_score is not None:
         parts.append(f"BM25 {hit.keyword_score:.2f}" + (f" (#{hit.keyword_rank})" if hit.keyword_rank else ""))
+    if hit.rerank_score is not None:
+        parts.append(f"reranker {hit.rerank_score:.2f}")
     return " · ".join(parts)
