@@ -55,17 +55,30 @@ def test_batched_answers_equal_one_by_one_answers_and_reruns_are_identical(tiny_
 
 
 @pytest.mark.parametrize("architecture", ["tiny_llama", "tiny_phi3", "tiny_phi4mini"])
-def test_prompts_prefilled_one_by_one_then_decoded_together_answer_as_each_alone(architecture, questions, request):
-    """The CPU path: each prompt read into its own cache, the caches stacked with left padding, one
-    decode for the batch. Prompts of different lengths keep their own positions, so each answer is the
-    one the prompt gets alone, and the one a batched prefill gives."""
+def test_continuous_batching_answers_as_each_prompt_alone(architecture, questions, request):
+    """The CPU path (core/models/continuous.py): each prompt prefilled alone, joining a running batch whose
+    finished sequences leave at once. With fewer slots than prompts, sequences join and leave mid-way; prompts
+    of different lengths keep their own positions. Every answer equals `generate` on that prompt alone, and
+    `generate` on a padded batch."""
     loaded = load_model(request.getfixturevalue(architecture))
     long_question = [{"role": "user", "content": "Passage: " + "the seal is replaced by the fitter every year. " * 12
                       + "Question: how often is the seal replaced?"}]
     conversations = [*questions, long_question]
-    stacked = generate_batch(loaded, conversations, max_new_tokens=10, batch_size=6, prefill_one_by_one=True)
-    at_once = generate_batch(loaded, conversations, max_new_tokens=10, batch_size=6, prefill_one_by_one=False)
-    single = [generate_batch(loaded, [c], max_new_tokens=10, batch_size=1)[0] for c in conversations]
-    assert [a.text for a in stacked] == [a.text for a in single] == [a.text for a in at_once]
-    assert [a.new_tokens for a in stacked] == [a.new_tokens for a in single]
-    assert all(a.new_tokens > 0 for a in stacked)
+    alone = [generate_batch(loaded, [c], max_new_tokens=10, prefill_one_by_one=False)[0] for c in conversations]
+    padded = generate_batch(loaded, conversations, max_new_tokens=10, batch_size=6, prefill_one_by_one=False)
+    assert [a.text for a in padded] == [a.text for a in alone]
+    for slots in (1, 2, 6):
+        continuous = generate_batch(loaded, conversations, max_new_tokens=10, batch_size=slots, prefill_one_by_one=True)
+        assert [a.text for a in continuous] == [a.text for a in alone], slots
+        assert [(a.new_tokens, a.stopped_by) for a in continuous] == [(a.new_tokens, a.stopped_by) for a in alone], slots
+    assert all(a.new_tokens > 0 for a in alone)
+
+
+def test_continuous_batching_stops_each_sequence_on_its_own(tiny_llama, questions):
+    """Different answer lengths in one running batch: a sequence that reaches its end of turn, a loop or the
+    token limit leaves, and the others go on (the same stops as alone, with the loop guard on)."""
+    loaded = load_model(tiny_llama)
+    alone = [generate_batch(loaded, [q], max_new_tokens=40, prefill_one_by_one=False, stop_loops=True)[0] for q in questions]
+    together = generate_batch(loaded, questions, max_new_tokens=40, batch_size=3, prefill_one_by_one=True, stop_loops=True)
+    assert [(a.text, a.stopped_by) for a in together] == [(a.text, a.stopped_by) for a in alone]
+    assert all(a.seconds >= a.time_to_first_token > 0 for a in together)

@@ -425,8 +425,11 @@ def run(context: JobContext) -> dict:
         for start in range(0, len(pending), window):
             prepared = [(item, answerer.prepare(item, variant)) for item in pending[start:start + window]]
             prepared.sort(key=lambda pair: pair[1].prompt_tokens)  # similar lengths together: less padding
-            for offset in range(0, len(prepared), p.batch_size):
-                batch = prepared[offset:offset + p.batch_size]
+            # On a CPU the model batches continuously (core/models/continuous.py): the more prompts per call,
+            # the fewer steps run with empty slots, so the whole window goes at once and is stored together.
+            group = window if answerer.loaded.model.device.type == "cpu" else p.batch_size
+            for offset in range(0, len(prepared), group):
+                batch = prepared[offset:offset + group]
                 _store(db, p.run_id, answerer.answer(variant, batch))
                 done, answered = done + len(batch), answered + len(batch)
                 elapsed = time.perf_counter() - started

@@ -1,10 +1,12 @@
-"""Greedy answers to many prompts at once: left padding, one forward pass per step for a batch.
+"""Greedy answers to many prompts at once.
 
-Scoring an exam asks the same model hundreds of questions; one `generate` call per batch keeps
-the CPU's matrix units busy instead of decoding one token of one question at a time. Prompts are
-sorted by length so a batch carries little padding, and answers come back in the caller's order.
-Each answer gets its own latency (the time its sequence stopped) and the batch's time to first
-token. Greedy decoding makes a rerun give the same answers.
+Scoring an exam asks the same model hundreds of questions; decoding many sequences per step keeps
+the CPU's matrix units busy instead of decoding one token of one question at a time. On a CPU the
+prompts go through continuous batching (core/models/continuous.py: each prompt prefilled alone, a
+running batch that finished sequences leave and new ones join); on a GPU, and for models whose cache
+that path cannot batch, `generate` runs batches with left padding. Prompts are sorted by length (little
+padding), and answers come back in the caller's order. Each answer gets its own latency and time to
+first token. Greedy decoding makes a rerun give the same answers.
 """
 
 from __future__ import annotations
@@ -23,23 +25,23 @@ class BatchAnswer:
     text: str
     prompt_tokens: int
     new_tokens: int
-    seconds: float  # from the batch's start until this answer stopped
-    time_to_first_token: float  # the batch's first step (prefill), shared by its answers
+    seconds: float  # until this answer stopped: from its own prefill (CPU path) or its batch's start (generate)
+    time_to_first_token: float  # its own prefill (CPU path), or its batch's first step (generate)
     stopped_by: str  # "end of turn", "loop" or "max new tokens"
 
 
-# On a CPU a batch's prefill costs more per prompt than prompts read one by one (measured with SmolLM2,
-# 1 thread: 1,000-token prompts cost 1.3x each in a batch of 4 without padding, 2.1x with left padding,
-# which rules out the fused causal attention kernel), while decoding gains from batching: one step reads
-# the weights once for every sequence. So on a CPU each prompt is read alone into its own cache, the
-# caches are stacked (left-padded), and the batch decodes together. On a GPU the batch prefills at once.
+# On a CPU a batch's prefill costs more per prompt than prompts read one by one (measured with SmolLM2:
+# 1.6x per prompt for 8 left-padded 1,000-token prompts, 2 threads), while decoding gains from batching
+# (a step for 8 sequences with 1,000-token caches costs 2.8x less per sequence than for one). Hence the
+# continuous path there; on a GPU the batch prefills at once.
 
 
 def generate_batch(loaded: LoadedModel, conversations: list[list[dict]], *, max_new_tokens: int = 256,
                    adapter: str | None = None, adapter_path: Path | None = None, batch_size: int = 8,
                    stop_loops: bool | None = None, prefill_one_by_one: bool | None = None) -> list[BatchAnswer]:
-    """Greedy answers to `conversations` (chat messages each), in their order. `stop_loops`
-    defaults to the `stop_loops` setting; `prefill_one_by_one` to True on a CPU, False on a GPU."""
+    """Greedy answers to `conversations` (chat messages each), in their order, at most `batch_size`
+    decoding at once. `stop_loops` defaults to the `stop_loops` setting; `prefill_one_by_one`
+    (continuous batching) to True on a CPU, False on a GPU."""
     if stop_loops is None:
         from core.config import get_settings
 
@@ -50,19 +52,41 @@ def generate_batch(loaded: LoadedModel, conversations: list[list[dict]], *, max_
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))  # little padding per batch
     answers: list[BatchAnswer | None] = [None] * len(prompts)
     size = max(1, batch_size)
+    if prefill_one_by_one and prompts:
+        decoded = _continuous(loaded, [prompts[i] for i in order], max_new_tokens=max_new_tokens, batch_size=size,
+                              adapter=adapter, adapter_path=adapter_path, stop_loops=stop_loops)
+        if decoded is not None:
+            for index, answer in zip(order, decoded, strict=True):
+                answers[index] = answer
+            return answers  # type: ignore[return-value]
     for start in range(0, len(order), size):
         indexes = order[start:start + size]
         batch = generate_token_batch(loaded, [prompts[i] for i in indexes], max_new_tokens=max_new_tokens,
-                                     adapter=adapter, adapter_path=adapter_path, stop_loops=stop_loops,
-                                     prefill_one_by_one=prefill_one_by_one)
+                                     adapter=adapter, adapter_path=adapter_path, stop_loops=stop_loops)
         for index, answer in zip(indexes, batch, strict=True):
             answers[index] = answer
     return answers  # type: ignore[return-value]
 
 
+def _continuous(loaded: LoadedModel, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int,
+                adapter: str | None, adapter_path: Path | None, stop_loops: bool) -> list[BatchAnswer] | None:
+    """The CPU path (core/models/continuous.py); None for models whose cache it cannot batch."""
+    import torch
+
+    from core.models.continuous import decode_continuously
+
+    with loaded.lock, torch.inference_mode(), _adapter_active(loaded, adapter, adapter_path):
+        decoded = decode_continuously(loaded, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                      stop_ids=stop_token_ids(loaded), stop_loops=stop_loops)
+    if decoded is None:
+        return None
+    return [BatchAnswer(loaded.tokenizer.decode(d.ids, skip_special_tokens=True).strip(), len(prompt), len(d.ids),
+                        d.seconds, d.time_to_first_token, d.stopped_by) for prompt, d in zip(prompts, decoded, strict=True)]
+
+
 def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_new_tokens: int,
                          adapter: str | None = None, adapter_path: Path | None = None,
-                         stop_loops: bool = True, prefill_one_by_one: bool = False) -> list[BatchAnswer]:
+                         stop_loops: bool = True) -> list[BatchAnswer]:
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -83,11 +107,10 @@ def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_n
     criteria = [StepClock()] + ([loop_stopping_criteria(width)] if stop_loops else [])
     started = time.perf_counter()
     with loaded.lock, torch.inference_mode(), _adapter_active(loaded, adapter, adapter_path):
-        cache = _prefilled_cache(loaded, prompts, width) if prefill_one_by_one and len(prompts) > 1 else None
         output = loaded.model.generate(
             input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
             temperature=None, top_p=None, top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id,
-            stopping_criteria=StoppingCriteriaList(criteria), **({"past_key_values": cache} if cache else {}),
+            stopping_criteria=StoppingCriteriaList(criteria),
         )
     total = time.perf_counter() - started
     first = step_times[0] if step_times else total
@@ -103,43 +126,6 @@ def generate_token_batch(loaded: LoadedModel, prompts: list[list[int]], *, max_n
         text = loaded.tokenizer.decode(ids, skip_special_tokens=True).strip()
         answers.append(BatchAnswer(text, len(prompt), len(ids), seconds, first, stopped_by))
     return answers
-
-
-def _prefilled_cache(loaded: LoadedModel, prompts: list[list[int]], width: int):
-    """The batch's cache of every prompt but its last token, each prompt read alone, stacked with left
-    padding to `width - 1` positions: `generate` then reads only the last tokens, all at once, and
-    decodes the batch together. Each prompt keeps the positions it would have alone (0..n-1, as the
-    attention mask gives them), so its answer is the one it gets alone. None (prefill the batch at
-    once) for caches that are not plain per-layer key/value tensors (sliding windows, hybrids)."""
-    import torch
-    from transformers.cache_utils import DynamicCache, DynamicLayer
-
-    if min(len(p) for p in prompts) < 2:
-        return None
-    caches = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt[:-1]], device=loaded.model.device)
-        try:
-            output = loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)  # no logits for the prompt
-        except TypeError:  # a remote-code model without logits_to_keep
-            output = loaded.model(input_ids=ids, use_cache=True)
-        cache = output.past_key_values
-        if not isinstance(cache, DynamicCache) or any(type(layer) is not DynamicLayer for layer in cache.layers):
-            return None
-        caches.append(cache)
-    merged = caches[0]
-    for number, layer in enumerate(merged.layers):
-        layer.keys = torch.cat([_left_padded(c.layers[number].keys, width - 1) for c in caches])
-        layer.values = torch.cat([_left_padded(c.layers[number].values, width - 1) for c in caches])
-    return merged
-
-
-def _left_padded(states, length: int):
-    """(1, heads, n, dim) key or value states with zeros before them up to `length` positions
-    (masked out by the attention mask)."""
-    import torch.nn.functional as F
-
-    return F.pad(states, (0, 0, length - states.shape[-2], 0))
 
 
 def _own_tokens(row: list[int], stop_ids: list[int], pad_id: int) -> tuple[list[int], str]:
