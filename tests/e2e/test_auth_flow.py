@@ -26,7 +26,7 @@ PASSWORD = "correct horse battery staple"
 # URL path of every page in the navigation -> the title that page shows once signed in.
 PAGES = {"": "Expert Studio", "documents": "Documents", "ask": "Ask", "compare": "Compare",
          "training_data": "Training data", "finetune": "Fine-tune", "exams": "Exams", "evaluation": "Evaluation",
-         "advisor": "Advisor"}
+         "advisor": "Advisor", "models": "Models"}
 ARTIFACTS = REPO / "test-artifacts"
 LOGIN_FORM_MS = 20_000
 
