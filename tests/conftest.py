@@ -108,3 +108,23 @@ def tiny_phi4mini(tmp_path_factory) -> str:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("EXPERT_STUDIO_MODEL_ROOTS", tempfile.gettempdir())  # tiny test models are built in pytest's temp folders
+
+
+@pytest.fixture
+def stop_workers(db):
+    """Workers that the CLI or a page starts are processes of their own: stop them after the test."""
+    import signal
+
+    from training_helpers import wait_for
+
+    from core.jobs.worker import live_workers
+
+    yield
+    with db.engine.connect() as connection:
+        pids = connection.execute(text("SELECT pid FROM workers")).scalars().all()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: live_workers(db) == 0, timeout=60, message="the workers to stop")

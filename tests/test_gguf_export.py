@@ -8,8 +8,6 @@ hyperparameters are right. Tiny random Llama and Phi-3 models with a tiny byte-l
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from training_helpers import wait_for
 
 from core.cli import build_parser, main
 from core.jobs.queue import cancel_job, get_job, job_log_tail, list_jobs
-from core.jobs.worker import live_workers, run_worker
+from core.jobs.worker import run_worker
 from core.models.adapters import AdapterError, import_adapter
 from core.models.gguf_export import (
     GGUFExportError,
@@ -418,20 +416,6 @@ def test_architectures_the_export_cannot_write_are_refused_with_the_reason(confi
 
 
 # --- the Fine-tune page ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def stop_workers(db):
-    """The worker that the page starts is a process of its own: stop it after the test."""
-    yield
-    with db.engine.connect() as connection:
-        pids = connection.execute(text("SELECT pid FROM workers")).scalars().all()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    wait_for(lambda: live_workers(db) == 0, timeout=60, message="the workers to stop")
 
 
 def open_finetune_adapters() -> AppTest:

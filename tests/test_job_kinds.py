@@ -6,8 +6,6 @@ restarted meanwhile that finds the job and sees its progress, the CLI, and the T
 from __future__ import annotations
 
 import json
-import os
-import signal
 import threading
 import time
 
@@ -30,7 +28,7 @@ from core.documents.reembed_job import submit_reembed
 from core.documents.search import search
 from core.jobs.errors import JobError
 from core.jobs.queue import cancel_job, get_job, job_log_tail, list_jobs
-from core.jobs.worker import live_workers, run_worker
+from core.jobs.worker import run_worker
 from core.models import BUNDLED_MODEL, ModelNotAvailable
 from core.models.adapters import AdapterError, import_adapter
 from core.models.merge_job import submit_merge
@@ -70,20 +68,6 @@ def clean_queue(db):
     with db.engine.begin() as connection:
         connection.execute(text("UPDATE jobs SET status = 'cancelled', owner = NULL WHERE status IN ('queued', 'running')"))
     return db
-
-
-@pytest.fixture
-def stop_workers(db):
-    """Workers that the CLI or a page starts are processes of their own: stop them after the test."""
-    yield
-    with db.engine.connect() as connection:
-        pids = connection.execute(text("SELECT pid FROM workers")).scalars().all()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    wait_for(lambda: live_workers(db) == 0, timeout=60, message="the workers to stop")
 
 
 def start_worker_thread(db) -> threading.Thread:

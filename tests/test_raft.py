@@ -6,8 +6,6 @@ Training data page."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import streamlit as st
@@ -24,7 +22,7 @@ from core.datasets.store import NewExample, write_dataset
 from core.documents.ingest import ingest_bytes
 from core.documents.library import create_collection, document_chunks, get_collection, list_documents
 from core.jobs.queue import get_job, job_log_tail, list_jobs
-from core.jobs.worker import live_workers, run_worker
+from core.jobs.worker import run_worker
 
 APP = "../streamlit_app.py"
 
@@ -215,20 +213,6 @@ def clean_queue(db):
     with db.engine.begin() as connection:
         connection.execute(text("UPDATE jobs SET status = 'cancelled', owner = NULL WHERE status IN ('queued', 'running')"))
     return db
-
-
-@pytest.fixture
-def stop_workers(db):
-    """The page starts a worker of its own process: stop it after the test."""
-    yield
-    with db.engine.connect() as connection:
-        pids = connection.execute(text("SELECT pid FROM workers")).scalars().all()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    wait_for(lambda: live_workers(db) == 0, timeout=60, message="the workers to stop")
 
 
 def failure(db, job_id: int) -> str:

@@ -2,12 +2,8 @@
 started by the page and a tiny random model as the base."""
 
 import json
-import os
-import signal
 
-import pytest
 import streamlit as st
-from sqlalchemy import text
 from streamlit.testing.v1 import AppTest
 from training_helpers import make_dataset, wait_for
 
@@ -28,19 +24,6 @@ def open_page(page: str, tab: str | None = None) -> AppTest:
     at.switch_page(page).run()
     assert not at.exception
     return at
-
-
-@pytest.fixture
-def stop_workers(db):
-    """Workers the page starts are separate processes: stop them after the test."""
-    yield
-    with db.engine.connect() as connection:
-        pids = connection.execute(text("SELECT pid FROM workers")).scalars().all()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def jsonl(*rows) -> bytes:
